@@ -1,0 +1,184 @@
+"""Messages that cross the bus.
+
+Frames on a reply inbox carry a one-byte kind followed by the payload, so the ingress
+dispatches without parsing headers or JSON for the common (chunk) case:
+
+=====  =============================================================================
+kind   payload
+=====  =============================================================================
+``A``  :class:`Ack` (JSON) — a worker took the request
+``M``  :class:`Moved` (JSON) — an attempt failed before its first byte; the next
+       candidate of the plan has it now
+``C``  one OpenAI stream chunk, ready-to-send JSON bytes
+``R``  the complete OpenAI response body (non-stream)
+``D``  :class:`Done` (JSON) — the stream ended cleanly
+``E``  :class:`~libs.common.errors.ErrorFrame` (JSON) — the request failed
+``K``  empty — keep-alive while the upstream is silent
+=====  =============================================================================
+
+Exactly one terminal frame (``R``, ``D`` or ``E``) ends every request.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from .errors import ErrorFrame
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class Candidate(msgspec.Struct, frozen=True, array_like=True):
+    provider: str
+    model: str
+
+
+class Ack(_Msg):
+    provider: str
+    model: str
+    attempt: int
+    worker: str
+    reason: str = ""
+    plan_size: int = 1
+
+
+class Moved(_Msg):
+    provider: str
+    attempt: int
+    status: int
+    message: str
+    next_provider: str
+
+
+class Done(_Msg):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class AttemptEvent(_Msg):
+    """One upstream attempt, for health (sw.events.attempt)."""
+
+    request_id: str
+    attempt_id: str
+    provider: str
+    model: str
+    op: str
+    status: int  # HTTP-like outcome: 200 ok, else the error status
+    latency_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error_type: str | None = None
+    stream: bool = False
+    ts: float = 0.0
+
+
+class UsageRecord(_Msg):
+    """One billed upstream call, on JetStream SW_USAGE (msg-id = attempt_id)."""
+
+    request_id: str
+    attempt_id: str
+    key: str | None
+    provider: str
+    model: str
+    client_model: str
+    op: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    status: int = 200
+    ts: float = 0.0
+
+
+class Heartbeat(_Msg):
+    worker: str
+    providers: list[str]
+    in_flight: int = 0
+
+
+class ModelInfo(_Msg):
+    """A model a provider serves, with what it can do (GET /v1/models, /v1/capabilities)."""
+
+    id: str
+    provider: str
+    owned_by: str
+    streaming: bool = True
+    tools: bool = False
+    vision: bool = False
+    json_mode: bool = False
+    embeddings: bool = False
+    chat: bool = True
+    completions: bool = False
+    context_window: int | None = None
+    input_per_mtok: float | None = None
+    output_per_mtok: float | None = None
+
+
+class Extension(_Msg):
+    provider: str
+    field: str
+    description: str
+
+
+class Catalog(_Msg):
+    worker: str
+    models: list[ModelInfo] = []
+    extensions: list[Extension] = []
+
+
+# -- frames ---------------------------------------------------------------------------
+ACK = ord("A")
+MOVED = ord("M")
+CHUNK = ord("C")
+RESULT = ord("R")
+DONE = ord("D")
+ERROR = ord("E")
+KEEPALIVE = ord("K")
+
+encode = msgspec.json.Encoder().encode
+plan_decoder = msgspec.json.Decoder(list[Candidate])
+ack_decoder = msgspec.json.Decoder(Ack)
+moved_decoder = msgspec.json.Decoder(Moved)
+done_decoder = msgspec.json.Decoder(Done)
+error_decoder = msgspec.json.Decoder(ErrorFrame)
+attempt_decoder = msgspec.json.Decoder(AttemptEvent)
+usage_decoder = msgspec.json.Decoder(UsageRecord)
+heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+catalog_decoder = msgspec.json.Decoder(Catalog)
+
+KEEPALIVE_FRAME = b"K"
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return bytes((kind,)) + payload
+
+
+def ack_frame(ack: Ack) -> bytes:
+    return b"A" + encode(ack)
+
+
+def error_frame(err: ErrorFrame) -> bytes:
+    return b"E" + encode(err)
+
+
+def chunk_frame(data: bytes) -> bytes:
+    return b"C" + data
+
+
+def result_frame(body: bytes) -> bytes:
+    return b"R" + body
+
+
+def done_frame(done: Done) -> bytes:
+    return b"D" + encode(done)
+
+
+def moved_frame(moved: Moved) -> bytes:
+    return b"M" + encode(moved)
+
+
+def encode_plan(plan: list[Candidate]) -> str:
+    return encode(plan).decode()

@@ -1,0 +1,170 @@
+"""One service lifecycle: connect, subscribe, bounded in-flight work, drain on a signal.
+
+Every service is a :class:`Service`; :func:`run` owns the NATS connection, starts the
+services in order, waits for SIGTERM/SIGINT (or a stop event), then stops them in
+reverse order — each stops taking new work, finishes (or terminates) what it has in
+flight — and finally drains the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+from . import log
+
+logger = log.get("lifecycle")
+
+
+class Tasks:
+    """A bounded set of in-flight tasks.
+
+    A subscription callback handles one message at a time, so handlers hand their
+    long work (an upstream stream) to this group and return at once. ``spawn``
+    refuses (returns False) instead of blocking when the group is full, so the
+    caller can answer "overloaded" rather than stall the subscription.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> bool:
+        if self._closed or len(self._tasks) >= self.limit:
+            coro.close()
+            return False
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return True
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("task_failed", error=repr(exc))
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new work, wait up to ``timeout`` for in-flight work, cancel the rest."""
+        self._closed = True
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+
+class Service:
+    """Base of the five services. Subclasses subscribe in ``start`` and clean up in ``stop``."""
+
+    name = "service"
+
+    def __init__(self) -> None:
+        self.nc: NATS | None = None
+        self.log = log.get(self.name)
+
+    async def start(self, nc: NATS) -> None:
+        self.nc = nc
+
+    async def stop(self) -> None:
+        """Stop taking work and finish what is in flight (subscriptions are drained here)."""
+
+
+def process_id() -> str:
+    """A short id unique to this process (subject-token safe)."""
+    return f"{socket.gethostname().split('.')[0][:16]}-{os.getpid()}-{os.urandom(3).hex()}".replace(
+        ".", "-"
+    )
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect with endless reconnects; the services keep serving across a server restart."""
+
+    async def on_error(e: Exception) -> None:
+        logger.warning("nats_error", error=repr(e))
+
+    async def on_disconnect() -> None:
+        logger.warning("nats_disconnected")
+
+    async def on_reconnect() -> None:
+        logger.info("nats_reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,
+        allow_reconnect=True,
+        connect_timeout=5,
+        ping_interval=5,
+        max_outstanding_pings=3,
+        # Keep publishing into the buffer while reconnecting (8 MB).
+        pending_size=8 * 1024 * 1024,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run(
+    services: list[Service],
+    nats_url: str,
+    *,
+    name: str = "switchman",
+    stop: asyncio.Event | None = None,
+    started: Callable[[], Awaitable[None] | None] | None = None,
+) -> None:
+    """Run ``services`` on one connection until a signal (or ``stop``) arrives, then drain."""
+    stop = stop or asyncio.Event()
+    install_signal_handlers(stop)
+    nc = await connect(nats_url, name)
+    begun: list[Service] = []
+    try:
+        for svc in services:
+            await svc.start(nc)
+            begun.append(svc)
+            logger.info("service_started", name=svc.name)
+        if started is not None:
+            res = started()
+            if asyncio.iscoroutine(res):
+                await res
+        await stop.wait()
+        logger.info("stopping")
+    finally:
+        for svc in reversed(begun):
+            try:
+                await svc.stop()
+            except Exception as e:  # one service's failure must not keep others running
+                logger.error("service_stop_failed", name=svc.name, error=repr(e))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.drain(), timeout=10)
+        if not nc.is_closed:
+            await nc.close()
+        logger.info("stopped")
+
+
+def use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,3 @@
+from services.runner import run_one
+
+run_one("health")

@@ -1,0 +1,43 @@
+"""Health: will merge active probes and passive attempt stats into KV ``sw_health``.
+
+For now it consumes ``sw.events.attempt`` (queue group ``health``) and keeps per
+provider counters in memory, and creates the ``sw_health`` KV bucket the router and
+dashboard will watch. The EWMA latency, error rate and circuit state belong to the
+health-and-routing work; nothing here pretends to be it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.errors import Error as JSError
+
+from libs.common import contracts, subjects
+from libs.common.service import Service
+
+
+class Health(Service):
+    name = "health"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: Counter[tuple[str, int]] = Counter()
+        self.sub: Any = None
+
+    async def start(self, nc: NATS) -> None:
+        await super().start(nc)
+        with contextlib.suppress(JSError, TimeoutError):
+            await nc.jetstream().create_key_value(bucket=subjects.KV_HEALTH, history=1)
+        self.sub = await nc.subscribe(subjects.ATTEMPT_EVENTS, queue=subjects.HEALTH_QUEUE, cb=self.on_attempt)
+
+    async def on_attempt(self, msg: Msg) -> None:
+        ev = contracts.attempt_decoder.decode(msg.data)
+        self.attempts[(ev.provider, ev.status)] += 1
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            await self.sub.drain()

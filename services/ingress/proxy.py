@@ -1,0 +1,146 @@
+"""Turning a routed request's inbox frames into one HTTP response or an SSE stream.
+
+Waits for the worker's ack (``ack_timeout_s``; a NATS no-responders status fails at
+once with 503), then for frames with the idle timeout (workers send keep-alives
+while the upstream is silent, so the idle timeout only fires for a dead worker).
+Before the first byte every failure is a proper HTTP error; after it, the stream
+ends with an error event and no ``[DONE]`` — never a clean finish. A client that
+goes away cancels the upstream call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from libs.common import contracts
+from libs.common.errors import GatewayTimeout, NoProvider, SwitchmanError, UpstreamError, from_frame
+
+from .bus import NO_RESPONDERS, Bus, Call
+from .render import error_event
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class Route:
+    """What the response headers say about how the request was served."""
+
+    request_id: str
+    provider: str = ""
+    attempts: int = 0
+    reason: str = ""
+    plan_size: int = 0
+
+    def headers(self) -> dict[str, str]:
+        h = {"x-request-id": self.request_id}
+        if self.provider:
+            h["x-switchman-provider"] = self.provider
+            h["x-switchman-attempts"] = str(self.attempts)
+            h["x-switchman-route-reason"] = self.reason
+        if self.attempts > 1 and self.attempts >= self.plan_size:
+            # The gateway already tried every candidate: the SDK should not retry again.
+            h["x-should-retry"] = "false"
+        return h
+
+
+class Relay:
+    def __init__(self, bus: Bus, call: Call, route: Route, ack_timeout: float, idle_timeout: float,
+                 deadline: float) -> None:
+        self.bus = bus
+        self.call = call
+        self.route = route
+        self.ack_timeout = ack_timeout
+        self.idle_timeout = idle_timeout
+        self.deadline = deadline  # monotonic
+        self.acked = False
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next data-bearing frame (kind, payload); handles A/M/K frames itself."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise GatewayTimeout("the request exceeded its deadline")
+            wait = self.idle_timeout if self.acked else self.ack_timeout
+            data = await self.call.next(min(wait, remaining))
+            if data is None:
+                if time.monotonic() >= self.deadline:
+                    raise GatewayTimeout("the request exceeded its deadline")
+                if not self.acked:
+                    raise NoProvider("no worker acknowledged the request in time")
+                raise GatewayTimeout(
+                    f"the worker serving provider {self.route.provider!r} went silent for {self.idle_timeout:g}s"
+                )
+            if data is NO_RESPONDERS or data == NO_RESPONDERS:
+                what = "worker" if self.route.attempts or self.acked else "router or worker"
+                raise NoProvider(f"no {what} is serving this request right now")
+            kind = data[0]
+            if kind == contracts.ACK:
+                ack = contracts.ack_decoder.decode(data[1:])
+                self.acked = True
+                self.call.worker = ack.worker
+                r = self.route
+                r.provider, r.attempts, r.reason, r.plan_size = ack.provider, ack.attempt, ack.reason, ack.plan_size
+            elif kind == contracts.MOVED:
+                # The next candidate has to ack in its turn.
+                self.acked = False
+                self.call.worker = None
+            elif kind == contracts.KEEPALIVE:
+                continue
+            else:
+                return kind, data[1:]
+
+    async def response(self) -> web.Response:
+        kind, payload = await self.frame()
+        if kind == contracts.RESULT:
+            return web.Response(body=payload, content_type="application/json", headers=self.route.headers())
+        raise _terminal(kind, payload)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        kind, payload = await self.frame()
+        if kind != contracts.CHUNK:
+            raise _terminal(kind, payload)
+        resp = web.StreamResponse(headers={**_SSE_HEADERS, **self.route.headers()})
+        await resp.prepare(request)
+        out = [b"data: ", payload, b"\n\n"]
+        frames = self.call.frames
+        while True:
+            # Everything already queued goes out in one write.
+            while frames and frames[0][0] == contracts.CHUNK:
+                out += (b"data: ", frames.popleft()[1:], b"\n\n")
+            await resp.write(b"".join(out))
+            out = []
+            try:
+                kind, payload = await self.frame()
+            except SwitchmanError as e:
+                await self._end_with_error(resp, e)
+                return resp
+            if kind == contracts.CHUNK:
+                out = [b"data: ", payload, b"\n\n"]
+            elif kind == contracts.DONE:
+                await resp.write(_DONE)
+                await resp.write_eof()
+                return resp
+            else:
+                await self._end_with_error(resp, _terminal(kind, payload))
+                return resp
+
+    async def _end_with_error(self, resp: web.StreamResponse, err: SwitchmanError) -> None:
+        await self.call.cancel_upstream()
+        await resp.write(error_event(err))
+        await resp.write_eof()
+
+
+def _terminal(kind: int, payload: bytes) -> SwitchmanError:
+    if kind == contracts.ERROR:
+        return from_frame(contracts.error_decoder.decode(payload))
+    if kind == contracts.DONE:
+        return UpstreamError("the provider ended the stream without any output")
+    return UpstreamError(f"unexpected frame {chr(kind)!r} from the worker")

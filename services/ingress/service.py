@@ -1,0 +1,232 @@
+"""Ingress: the OpenAI HTTP surface.
+
+Serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, GET /v1/models,
+/v1/models/{id}, /v1/capabilities, /v1/extensions and /healthz. Validates each body
+once into msgspec Structs (400 naming the field), then publishes the untouched body
+to ``sw.route.<op>`` with the routing headers and its reply inbox; consumes its
+inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes ``sw.catalog.get``
+at start and ``sw.cancel.<worker>`` when a client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import os
+import re
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from libs.common import contracts, log, openai, subjects, tracing
+from libs.common.config import Config, KeyConfig
+from libs.common.errors import (
+    AuthenticationFailed,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    SwitchmanError,
+)
+from libs.common.service import Service, process_id
+from libs.common.subjects import H
+
+from .bus import Bus
+from .models import ModelView
+from .proxy import Relay, Route
+from .render import error_response
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_enc = msgspec.json.Encoder()
+
+
+class Ingress(Service):
+    name = "ingress"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.keys: dict[str, KeyConfig] = {k.key: k for k in cfg.keys}
+        self.view = ModelView(cfg)
+        self.bus: Bus | None = None
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.subs: list[Any] = []
+        lim = cfg.limits
+        self.ack_timeout, self.idle_timeout, self.request_timeout = (
+            lim.ack_timeout_s, lim.idle_timeout_s, lim.request_timeout_s,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self, nc: NATS) -> None:
+        await super().start(nc)
+        self.bus = Bus(nc, process_id())
+        await self.bus.start()
+        self.subs.append(await nc.subscribe(subjects.CATALOG_UPDATE, cb=self.on_catalog))
+        await nc.publish(subjects.CATALOG_REQUEST, b"")
+        self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self.runner.setup()
+        host, port = self.cfg.host_port
+        site = web.TCPSite(self.runner, host, port, backlog=4096, reuse_address=True)
+        await site.start()
+        server = site._server
+        if server is not None and server.sockets:  # the bound port when 0 was asked
+            self.port = server.sockets[0].getsockname()[1]
+        self.log.info("listening", host=host, port=self.port)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            # Stops accepting, waits for in-flight requests (they need the bus), then closes.
+            await self.runner.cleanup()
+        if self.bus is not None:
+            await self.bus.stop()
+        for s in self.subs:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+
+    async def on_catalog(self, msg: Msg) -> None:
+        self.view.add(contracts.catalog_decoder.decode(msg.data))
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.cfg.limits.max_body_bytes, middlewares=[self.errors])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{id:.+}", self.model)
+        app.router.add_get("/v1/capabilities", self.capabilities)
+        app.router.add_get("/v1/extensions", self.extensions)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    # -- middleware -------------------------------------------------------------------------
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except SwitchmanError as e:
+            return error_response(e, {"x-request-id": request.get("request_id", "")})
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(PayloadTooLarge(
+                f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."))
+        except web.HTTPNotFound:
+            return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
+        except web.HTTPMethodNotAllowed:
+            return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."))
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except web.HTTPException:
+            raise
+        except Exception:
+            self.log.exception("unhandled", path=request.path)
+            return error_response(InternalError("The gateway failed to handle the request."))
+
+    # -- auth ---------------------------------------------------------------------------------
+    def authenticate(self, request: web.Request) -> KeyConfig | None:
+        if not self.keys:
+            return None
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send it in the Authorization header as 'Bearer <key>'.",
+            )
+        key = self.keys.get(auth[7:].strip())
+        if key is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return key
+
+    # -- OpenAI endpoints ---------------------------------------------------------------------
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy(request, "completions")
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self.proxy(request, "embeddings")
+
+    async def proxy(self, request: web.Request, op: str) -> web.StreamResponse:
+        rid = request.headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = "req_" + os.urandom(12).hex()
+        request["request_id"] = rid
+        key = self.authenticate(request)
+        length = request.content_length
+        if length is not None and length > self.cfg.limits.max_body_bytes:
+            raise PayloadTooLarge(f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes.")
+        body = await request.read()
+        if not body:
+            raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+        req = openai.decode(op, body)
+        model: str = req.model
+        if key is not None and not any(fnmatch.fnmatchcase(model, p) for p in key.allow_models):
+            raise PermissionDenied(f"The key '{key.name}' may not use the model '{model}'.", param="model")
+        stream = bool(getattr(req, "stream", False))
+        timeout = self.request_timeout
+        headers = {H.OP: op, H.MODEL: model, H.REQUEST_ID: rid,
+                   H.DEADLINE: str(int((time.time() + timeout) * 1000))}
+        if stream:
+            headers[H.STREAM] = "1"
+        if key is not None:
+            headers[H.KEY] = key.name
+        strategy = request.headers.get("x-switchman-strategy")
+        if strategy:
+            headers[H.STRATEGY] = strategy
+        with log.bound(request_id=rid), tracing.span(f"ingress.{op}", tracing.SERVER, None, model=model):
+            tracing.inject(headers)
+            return await self.relay(request, op, body, headers, stream, timeout, rid)
+
+    async def relay(self, request: web.Request, op: str, body: bytes, headers: dict[str, str],
+                    stream: bool, timeout: float, rid: str) -> web.StreamResponse:
+        bus = self.bus
+        assert bus is not None
+        call = bus.open()
+        relay = Relay(bus, call, Route(rid), self.ack_timeout, self.idle_timeout, time.monotonic() + timeout)
+        try:
+            await bus.send(call, subjects.route(op), body, headers)
+            if stream:
+                return await relay.stream(request)
+            return await relay.response()
+        except SwitchmanError as e:
+            await call.cancel_upstream()
+            return error_response(e, relay.route.headers())
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The client went away: stop the upstream call too.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(call.cancel_upstream())
+            raise
+        finally:
+            bus.close(call)
+
+    # -- catalog and health ----------------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.Response:
+        self.authenticate(request)
+        return web.Response(body=_enc.encode(self.view.list()), content_type="application/json")
+
+    async def model(self, request: web.Request) -> web.Response:
+        self.authenticate(request)
+        name = request.match_info["id"]
+        found = self.view.model(name)
+        if found is None:
+            raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
+        return web.Response(body=_enc.encode(found), content_type="application/json")
+
+    async def capabilities(self, request: web.Request) -> web.Response:
+        self.authenticate(request)
+        return web.Response(body=_enc.encode(self.view.capabilities()), content_type="application/json")
+
+    async def extensions(self, request: web.Request) -> web.Response:
+        self.authenticate(request)
+        return web.Response(body=_enc.encode(self.view.extension_list()), content_type="application/json")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        ok = self.nc is not None and self.nc.is_connected
+        body = {"status": "ok" if ok else "degraded", "nats": "connected" if ok else "disconnected"}
+        return web.Response(status=200 if ok else 503, body=_enc.encode(body), content_type="application/json")

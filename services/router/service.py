@@ -1,0 +1,97 @@
+"""Router: picks the provider(s) for each request.
+
+Consumes ``sw.route.<op>`` (queue group ``router``): reads the routing headers only,
+decides from in-memory state (:mod:`.policy`) and forwards the body bytes untouched
+to ``sw.exec.<provider>`` with the plan, attempt and reason in headers, keeping the
+client's reply inbox. Errors (unknown model, no provider) go to the inbox as an
+``E`` frame. Keeps its state from worker heartbeats (``sw.workers.heartbeat``) and
+catalogs (``sw.catalog.update``); asks for catalogs at start (``sw.catalog.get``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from libs.common import contracts, registry, subjects, tracing
+from libs.common.config import Config, Price, environ
+from libs.common.errors import SwitchmanError
+from libs.common.service import Service
+from libs.common.subjects import H
+
+from .policy import RouterState, decide
+
+
+class Router(Service):
+    name = "router"
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        provs = registry.providers(cfg, environ())
+        self.configured = {r.name for r in cfg.models}
+        self.state = RouterState(routes=registry.routes(cfg, provs))
+        for p in provs:
+            for m, price in p.price.items():
+                self.state.prices[(p.id, m)] = price
+        self.rng = random.Random()
+        self.subs: list = []
+
+    async def start(self, nc: NATS) -> None:
+        await super().start(nc)
+        self.subs = [
+            await nc.subscribe(subjects.ROUTE_ALL, queue=subjects.ROUTER_QUEUE, cb=self.on_request),
+            await nc.subscribe(subjects.WORKER_HEARTBEAT, cb=self.on_heartbeat),
+            await nc.subscribe(subjects.CATALOG_UPDATE, cb=self.on_catalog),
+        ]
+        await nc.publish(subjects.CATALOG_REQUEST, b"")
+
+    async def stop(self) -> None:
+        for s in self.subs:
+            await s.drain()
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        hb = contracts.heartbeat_decoder.decode(msg.data)
+        now = time.monotonic()
+        for p in hb.providers:
+            self.state.seen[p] = now
+
+    async def on_catalog(self, msg: Msg) -> None:
+        cat = contracts.catalog_decoder.decode(msg.data)
+        registry.add_catalog(self.state.routes, cat.models, self.configured)
+        now = time.monotonic()
+        for m in cat.models:
+            self.state.seen[m.provider] = now
+            if m.input_per_mtok is not None:
+                self.state.prices.setdefault(
+                    (m.provider, m.id),
+                    Price(input_per_mtok=m.input_per_mtok, output_per_mtok=m.output_per_mtok or 0.0),
+                )
+
+    async def on_request(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        nc = self.nc
+        assert nc is not None
+        with tracing.span("router.decide", tracing.CONSUMER, headers, **{"messaging.system": "nats"}):
+            try:
+                plan = decide(
+                    self.state,
+                    headers.get(H.MODEL, ""),
+                    headers.get(H.STRATEGY),
+                    time.monotonic(),
+                    self.rng,
+                )
+            except SwitchmanError as e:
+                if msg.reply:
+                    await nc.publish(msg.reply, contracts.error_frame(e.frame()))
+                return
+            first = plan.candidates[0]
+            out = dict(headers)
+            out[H.PLAN] = contracts.encode_plan(plan.candidates)
+            out[H.ATTEMPT] = "1"
+            out[H.REASON] = plan.reason
+            tracing.inject(out)
+            await nc.publish(subjects.exec_subject(first.provider), msg.data, reply=msg.reply, headers=out)

@@ -1,0 +1,195 @@
+"""The built-in simulated provider.
+
+Deterministic text derived from the prompt (the same prompt always gives the same
+answer), a configurable time to first token, token rate, failure rate and price;
+embeddings too. It answers in-process (no HTTP) and is the embedded default;
+:mod:`services.worker.sim_server` serves the same engine over OpenAI HTTP as the
+benchmark's upstream.
+
+A tool call is returned when ``tool_choice`` is ``required`` or names a function
+(arguments ``{}`` unless the prompt is JSON); ``response_format`` json modes get a
+JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import struct
+from typing import Any
+
+from libs.common.config import SimSettings
+from libs.common.errors import UpstreamError
+
+from ..chunks import ChunkWriter, Usage, chat_completion, embeddings_response, encode, new_id, now
+from .base import Http, Protocol, Sink
+
+_WORDS = (
+    "the gateway routes every request to the provider that fits its strategy while health "
+    "latency price and quality move the choice streams carry tokens back through the bus "
+    "and each attempt is counted once so budgets hold and nothing is lost on the way"
+).split()
+
+
+def prompt_text(req: dict[str, Any]) -> str:
+    """All text of a chat or completion request, in order."""
+    if "messages" in req:
+        parts: list[str] = []
+        for m in req["messages"]:
+            c = m.get("content")
+            if isinstance(c, str):
+                parts.append(c)
+            elif isinstance(c, list):
+                parts.extend(p.get("text", "") for p in c if isinstance(p, dict))
+        return "\n".join(parts)
+    p = req.get("prompt", "")
+    return p if isinstance(p, str) else " ".join(map(str, p))
+
+
+def count_tokens(text: str) -> int:
+    return max(1, (len(text) + 3) // 4)
+
+
+def words(prompt: str, n: int) -> list[str]:
+    """``n`` deterministic tokens for ``prompt`` (each a word with its leading space)."""
+    seed = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "little")
+    rng = random.Random(seed)
+    out = [rng.choice(_WORDS) for _ in range(n)]
+    if out:
+        out[0] = out[0].capitalize()
+    return [w if i == 0 else " " + w for i, w in enumerate(out)]
+
+
+def vector(text: str, dims: int) -> list[float]:
+    seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    rng = random.Random(seed)
+    v = [rng.uniform(-1.0, 1.0) for _ in range(dims)]
+    norm = sum(x * x for x in v) ** 0.5 or 1.0
+    return [x / norm for x in v]
+
+
+def pack_base64(v: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+
+
+def plan_answer(req: dict[str, Any], settings: SimSettings) -> tuple[list[str], dict[str, Any] | None, str]:
+    """The answer for ``req``: (content tokens, tool call or None, finish_reason)."""
+    text = prompt_text(req)
+    limit = req.get("max_completion_tokens") or req.get("max_tokens")
+    tc = req.get("tool_choice")
+    tools = req.get("tools") or []
+    if tools and (tc == "required" or isinstance(tc, dict)):
+        name = tc["function"]["name"] if isinstance(tc, dict) else tools[0]["function"]["name"]
+        call = {"id": "call_" + hashlib.blake2b(text.encode(), digest_size=6).hexdigest(), "type": "function",
+                "function": {"name": name, "arguments": "{}"}}
+        return [], call, "tool_calls"
+    rf = req.get("response_format") or {}
+    if rf.get("type") in ("json_object", "json_schema"):
+        return [encode({"answer": "".join(words(text, 8)).strip()}).decode()], None, "stop"
+    n = settings.max_tokens if limit is None else min(limit, settings.max_tokens)
+    toks = words(text, n)
+    finish = "length" if limit is not None and limit <= settings.max_tokens else "stop"
+    stop = req.get("stop")
+    if stop:
+        stops = [stop] if isinstance(stop, str) else stop
+        joined = "".join(toks)
+        cut = min((joined.find(s) for s in stops if s and s in joined), default=-1)
+        if cut >= 0:
+            kept, acc = [], 0
+            for t in toks:
+                if acc + len(t) > cut:
+                    if cut > acc:
+                        kept.append(t[: cut - acc])
+                    break
+                kept.append(t)
+                acc += len(t)
+            toks, finish = kept, "stop"
+    return toks, None, finish
+
+
+class SimProtocol(Protocol):
+    kind = "sim"
+
+    def __init__(self, provider: Any, profile: Any) -> None:
+        super().__init__(provider, profile)
+        self.settings: SimSettings = provider.sim or SimSettings()
+        self.rng = random.Random()
+
+    async def run(self, http: Http, sink: Sink, op: str, req: dict[str, Any], model: str, stream: bool) -> Usage | None:
+        s = self.settings
+        if s.failure_rate and self.rng.random() < s.failure_rate:
+            raise UpstreamError(f"provider {self.provider.id!r} failed (500): simulated failure", provider=self.provider.id)
+        if s.ttft_ms:
+            await asyncio.sleep(s.ttft_ms / 1000)
+        if op == "embeddings":
+            return await self._embeddings(sink, req, model)
+        toks, call, finish = plan_answer(req, s)
+        usage = Usage(prompt_tokens=count_tokens(prompt_text(req)), completion_tokens=max(len(toks), 1 if call else 0))
+        n = req.get("n") or 1
+        if op == "completions":
+            return await self._completion(sink, req, model, stream, toks, finish, usage)
+        if not stream:
+            message: dict[str, Any] = {"role": "assistant", "content": None if call else "".join(toks)}
+            if call:
+                message["tool_calls"] = [call]
+            choices = [{"index": i, "message": dict(message), "finish_reason": finish} for i in range(n)]
+            usage.completion_tokens *= n
+            await sink.result(chat_completion(model, choices, usage))
+            return usage
+        w = ChunkWriter(model, include_usage=bool((req.get("stream_options") or {}).get("include_usage")))
+        await sink.chunk(w.role())
+        if call:
+            await sink.chunk(w.delta({"tool_calls": [{"index": 0, **call}]}))
+        else:
+            await self._pace(sink, [w.content(t) for t in toks])
+        await sink.chunk(w.finish(finish))
+        if w.include_usage:
+            await sink.chunk(w.usage(usage))
+        return usage
+
+    async def _pace(self, sink: Sink, chunks: list[bytes]) -> None:
+        rate = self.settings.tokens_per_s
+        if rate <= 0:
+            for c in chunks:
+                await sink.chunk(c)
+            return
+        # Sleep in steps of ~10 ms rather than per token.
+        step = max(1, int(rate / 100))
+        for i, c in enumerate(chunks):
+            await sink.chunk(c)
+            if (i + 1) % step == 0:
+                await asyncio.sleep(step / rate)
+
+    async def _completion(self, sink: Sink, req: dict[str, Any], model: str, stream: bool,
+                          toks: list[str], finish: str, usage: Usage) -> Usage:
+        cid, created = new_id("cmpl-"), now()
+
+        def body(text: str, fin: str | None, with_usage: bool = False) -> bytes:
+            out: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                                   "choices": [{"index": 0, "text": text, "finish_reason": fin, "logprobs": None}]}
+            if with_usage:
+                out["usage"] = usage.to_openai()
+            return encode(out)
+
+        if not stream:
+            await sink.result(body("".join(toks), finish, True))
+            return usage
+        await self._pace(sink, [body(t, None) for t in toks])
+        await sink.chunk(body("", finish))
+        if (req.get("stream_options") or {}).get("include_usage"):
+            await sink.chunk(encode({"id": cid, "object": "text_completion", "created": created, "model": model,
+                                     "choices": [], "usage": usage.to_openai()}))
+        return usage
+
+    async def _embeddings(self, sink: Sink, req: dict[str, Any], model: str) -> Usage:
+        inputs = req["input"]
+        items = [inputs] if isinstance(inputs, str) else inputs
+        dims = req.get("dimensions") or self.settings.embedding_dims
+        vectors: list[Any] = [vector(str(x), dims) for x in items]
+        if req.get("encoding_format") == "base64":
+            vectors = [pack_base64(v) for v in vectors]
+        usage = Usage(prompt_tokens=sum(count_tokens(str(x)) for x in items))
+        await sink.result(embeddings_response(model, vectors, usage))
+        return usage

@@ -1,0 +1,296 @@
+"""Capability profiles: what each provider accepts, as data.
+
+One :class:`Profile` per preset. The adapters read it to drop or reject parameters
+the provider does not support (never sent to fail upstream), and the ingress's
+``/v1/capabilities`` and ``/v1/extensions`` are derived from the same entries
+(the worker publishes them; see :mod:`services.worker.catalog`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Auth = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "token", "none"]
+
+
+class Profile(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    kind: str = "openai"
+    base_url: str | None = None
+    auth: Auth = "bearer"
+    # Parameters the provider does not accept: dropped, or 400 when drop_params is off.
+    unsupported: frozenset[str] = frozenset()
+    streaming: bool = True
+    tools: bool = True
+    tool_choice: bool = True
+    parallel_tool_calls: bool = True
+    vision: bool = True
+    json_mode: bool = True
+    embeddings: bool = False
+    completions: bool = False  # legacy /v1/completions
+    # Sends a usage chunk when stream_options.include_usage is set; when False the
+    # worker asks nothing and synthesizes the usage chunk itself.
+    stream_usage: bool = True
+    max_n: int = 128
+    max_stop: int = 4
+    max_top_logprobs: int = 20
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    # max_completion_tokens is unknown to the server: send max_tokens instead.
+    legacy_max_tokens: bool = False
+    # Provider-specific request fields passed through untouched (see /v1/extensions).
+    extensions: dict[str, str] = {}
+    # Path under base_url for chat; Azure puts the deployment in it.
+    chat_path: str = "/chat/completions"
+    local: bool = False
+    # Model list endpoint style: "openai" (/models), "ollama" (/api/tags), "" none.
+    models_endpoint: str = "openai"
+
+
+def _p(name: str, **kw: object) -> Profile:
+    return Profile(name=name, **kw)  # type: ignore[arg-type]
+
+
+_SAMPLING_EXTRAS = frozenset({"logit_bias", "logprobs", "top_logprobs", "n"})
+
+PRESETS: dict[str, Profile] = {
+    p.name: p
+    for p in [
+        _p("openai", base_url="https://api.openai.com/v1", embeddings=True, completions=True),
+        _p(
+            "azure",
+            auth="api-key",
+            embeddings=True,
+            completions=True,
+            chat_path="/openai/deployments/{model}/chat/completions",
+        ),
+        _p(
+            "groq",
+            base_url="https://api.groq.com/openai/v1",
+            unsupported=frozenset({"logprobs", "top_logprobs", "logit_bias"}),
+            max_n=1,
+            vision=False,
+        ),
+        _p("together", base_url="https://api.together.xyz/v1", embeddings=True, completions=True),
+        _p(
+            "fireworks",
+            base_url="https://api.fireworks.ai/inference/v1",
+            embeddings=True,
+            completions=True,
+        ),
+        _p(
+            "mistral",
+            base_url="https://api.mistral.ai/v1",
+            unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "seed"}),
+            embeddings=True,
+            extensions={"safe_prompt": "Mistral: inject the safety system prompt", "random_seed": "Mistral seed"},
+        ),
+        _p(
+            "deepseek",
+            base_url="https://api.deepseek.com/v1",
+            unsupported=frozenset({"logit_bias", "n"}),
+            vision=False,
+            max_n=1,
+        ),
+        _p(
+            "openrouter",
+            base_url="https://openrouter.ai/api/v1",
+            completions=True,
+            extensions={
+                "provider": "OpenRouter provider routing preferences",
+                "transforms": "OpenRouter prompt transforms",
+                "models": "OpenRouter model fallback list",
+                "route": "OpenRouter routing mode",
+                "reasoning": "OpenRouter unified reasoning settings",
+            },
+        ),
+        _p(
+            "perplexity",
+            base_url="https://api.perplexity.ai",
+            unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "n", "seed", "tools", "tool_choice", "parallel_tool_calls"}),
+            tools=False,
+            tool_choice=False,
+            vision=False,
+            max_n=1,
+            extensions={
+                "search_domain_filter": "Perplexity search domain filter",
+                "search_recency_filter": "Perplexity search recency filter",
+                "return_images": "Perplexity image results",
+            },
+        ),
+        _p("xai", base_url="https://api.x.ai/v1", unsupported=frozenset({"logit_bias"}), embeddings=True),
+        _p(
+            "huggingface",
+            base_url="https://router.huggingface.co/v1",
+            unsupported=frozenset({"logit_bias", "n"}),
+            max_n=1,
+        ),
+        _p(
+            "huggingface-endpoint",
+            unsupported=frozenset({"logit_bias", "n"}),
+            max_n=1,
+            max_top_logprobs=5,
+        ),
+        _p(
+            "anyscale",
+            base_url="https://api.endpoints.anyscale.com/v1",
+            unsupported=frozenset({"logit_bias"}),
+            embeddings=True,
+        ),
+        _p("modal-vllm", embeddings=True, completions=True, extensions={"top_k": "vLLM sampling", "min_p": "vLLM sampling", "repetition_penalty": "vLLM sampling"}),
+        # Local servers
+        _p(
+            "ollama",
+            base_url="http://127.0.0.1:11434/v1",
+            auth="none",
+            unsupported=frozenset({"tool_choice", "logit_bias", "user", "n", "logprobs", "top_logprobs"}),
+            tool_choice=False,
+            max_n=1,
+            embeddings=True,
+            completions=True,
+            legacy_max_tokens=True,
+            local=True,
+            models_endpoint="ollama",
+        ),
+        _p(
+            "lmstudio",
+            base_url="http://127.0.0.1:1234/v1",
+            auth="none",
+            unsupported=frozenset({"logit_bias", "n"}),
+            max_n=1,
+            embeddings=True,
+            completions=True,
+            local=True,
+        ),
+        _p(
+            "localai",
+            base_url="http://127.0.0.1:8080/v1",
+            auth="none",
+            unsupported=frozenset({"logit_bias", "n"}),
+            max_n=1,
+            embeddings=True,
+            completions=True,
+            local=True,
+        ),
+        _p(
+            "vllm",
+            base_url="http://127.0.0.1:8000/v1",
+            auth="none",
+            embeddings=True,
+            completions=True,
+            local=True,
+            extensions={
+                "top_k": "vLLM sampling",
+                "min_p": "vLLM sampling",
+                "repetition_penalty": "vLLM sampling",
+                "structured_outputs": "vLLM guided decoding",
+                "guided_json": "vLLM guided decoding",
+            },
+        ),
+        _p(
+            "tgi",
+            base_url="http://127.0.0.1:8080/v1",
+            auth="none",
+            unsupported=frozenset({"logit_bias", "n"}),
+            max_n=1,
+            max_top_logprobs=5,
+            local=True,
+            stream_usage=False,
+            extensions={"tool_prompt": "TGI: prompt prepended to tool definitions"},
+        ),
+        _p(
+            "textgen-webui",
+            base_url="http://127.0.0.1:5000/v1",
+            auth="none",
+            unsupported=frozenset({"logit_bias", "n", "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs"}),
+            tools=False,
+            tool_choice=False,
+            vision=False,
+            max_n=1,
+            completions=True,
+            embeddings=True,
+            stream_usage=False,
+            local=True,
+        ),
+        _p(
+            "llamacpp",
+            base_url="http://127.0.0.1:8081/v1",
+            auth="none",
+            unsupported=frozenset({"logit_bias", "n"}),
+            max_n=1,
+            embeddings=True,
+            completions=True,
+            local=True,
+            extensions={"top_k": "llama.cpp sampling", "min_p": "llama.cpp sampling", "grammar": "llama.cpp GBNF grammar"},
+        ),
+        # Native protocols
+        _p(
+            "anthropic",
+            kind="anthropic",
+            base_url="https://api.anthropic.com",
+            auth="x-api-key",
+            unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "n", "seed", "frequency_penalty", "presence_penalty"}),
+            max_n=1,
+            context_window=200_000,
+            max_output_tokens=4096,
+            extensions={"thinking": "Anthropic extended thinking", "top_k": "Anthropic top_k sampling"},
+        ),
+        _p(
+            "gemini",
+            kind="gemini",
+            base_url="https://generativelanguage.googleapis.com/v1beta",
+            auth="x-goog-api-key",
+            unsupported=frozenset({"logit_bias"}),
+            max_n=8,
+            max_stop=5,
+            embeddings=True,
+            context_window=1_048_576,
+            extensions={"safety_settings": "Gemini safetySettings", "top_k": "Gemini topK"},
+        ),
+        _p(
+            "cohere",
+            kind="cohere",
+            base_url="https://api.cohere.com",
+            unsupported=frozenset({"logit_bias", "n", "top_logprobs", "parallel_tool_calls"}),
+            max_n=1,
+            max_stop=5,
+            embeddings=True,
+            context_window=128_000,
+            extensions={"documents": "Cohere RAG documents", "safety_mode": "Cohere safety mode", "top_k": "Cohere k"},
+        ),
+        _p(
+            "replicate",
+            kind="replicate",
+            base_url="https://api.replicate.com/v1",
+            auth="bearer",
+            unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "n", "tools", "tool_choice", "parallel_tool_calls", "response_format"}),
+            tools=False,
+            tool_choice=False,
+            vision=False,
+            json_mode=False,
+            max_n=1,
+            models_endpoint="",
+        ),
+        _p("sim", kind="sim", auth="none", embeddings=True, completions=True, context_window=32_768, models_endpoint=""),
+    ]
+}
+
+
+def profile_for(kind: str, preset: str | None, overrides: dict[str, object] | None = None) -> Profile:
+    """The profile of a configured provider: its preset (or its kind's), then overrides."""
+    name = preset or kind
+    base = PRESETS.get(name)
+    if base is None:
+        raise KeyError(name)
+    if overrides:
+        fields = set(Profile.__struct_fields__)
+        bad = sorted(set(overrides) - fields)
+        if bad:
+            raise KeyError(bad[0])
+        data = msgspec.structs.asdict(base) | dict(overrides)
+        if "unsupported" in overrides:
+            data["unsupported"] = frozenset(overrides["unsupported"])  # type: ignore[arg-type]
+        base = msgspec.convert(data, Profile)
+    return base

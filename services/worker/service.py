@@ -1,0 +1,190 @@
+"""Worker: executes upstream calls for the providers it serves.
+
+Consumes ``sw.exec.<provider>`` (queue group ``worker.<provider>``, one per
+provider) and ``sw.cancel.<worker id>`` (the ingress abandons a request) and
+``sw.catalog.get``. Produces frames on each request's reply inbox (ack at once,
+then chunks / result / error), ``sw.exec.<next provider>`` when an attempt fails
+before its first byte, ``sw.events.attempt``, usage records on ``sw.usage.<provider>``
+(JetStream ``SW_USAGE``, msg-id = attempt id), ``sw.workers.heartbeat`` and
+``sw.catalog.update``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from libs.common import contracts, registry, subjects
+from libs.common.config import Config, ProviderConfig, environ
+from libs.common.contracts import Ack, Catalog, Heartbeat
+from libs.common.errors import Overloaded
+from libs.common.service import Service, Tasks, process_id
+from libs.common.subjects import H
+
+from . import catalog, discovery
+from .adapters import protocol_class
+from .adapters.base import Protocol
+from .attempt import InboxSink, Routed, execute
+from .chunks import Usage
+from .profiles import Profile, profile_for
+from .upstream import Upstream, new_session
+
+HEARTBEAT_S = 2.0
+
+
+@dataclass(slots=True)
+class Binding:
+    """One provider as this worker serves it."""
+
+    provider: ProviderConfig
+    profile: Profile
+    protocol: Protocol
+    upstream: Upstream
+    session: aiohttp.ClientSession
+    log: Any
+    models: list[str] = field(default_factory=list)
+
+    def cost(self, model: str, u: Usage) -> float:
+        price = self.provider.price.get(model)
+        if price is None:
+            return 0.0
+        return (u.prompt_tokens * price.input_per_mtok + u.completion_tokens * price.output_per_mtok) / 1e6
+
+
+class Worker(Service):
+    name = "worker"
+
+    def __init__(self, cfg: Config, providers: list[str] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.id = process_id()
+        wanted = set(providers) if providers else None
+        self.configured = [p for p in registry.providers(cfg, environ()) if wanted is None or p.id in wanted]
+        self.bindings: dict[str, Binding] = {}
+        self.tasks = Tasks(cfg.limits.max_in_flight)
+        self.active: dict[str, tuple[asyncio.Task[Any], InboxSink]] = {}
+        self.subs: list[Any] = []
+        self.loops: list[asyncio.Task[Any]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self, nc: NATS) -> None:
+        await super().start(nc)
+        for p in self.configured:
+            self.bind(p)
+        if self.cfg.discovery.enabled:
+            for p in await discovery.local_servers(self.cfg.discovery, {b.provider.base_url for b in self.bindings.values()}):
+                self.bind(p)
+        await discovery.models(self.bindings.values(), self.log)
+        for pid in self.bindings:
+            self.subs.append(
+                await nc.subscribe(subjects.exec_subject(pid), queue=subjects.worker_queue(pid), cb=self.on_exec)
+            )
+        self.subs.append(await nc.subscribe(subjects.cancel_subject(self.id), cb=self.on_cancel))
+        self.subs.append(await nc.subscribe(subjects.CATALOG_REQUEST, cb=self.on_catalog_request))
+        await self.announce()
+        self.loops.append(asyncio.create_task(self._heartbeat_loop()))
+        self.loops.append(asyncio.create_task(self._keepalive_loop()))
+
+    def bind(self, p: ProviderConfig) -> None:
+        if not subjects.valid_token(p.id):
+            raise ValueError(f"provider id {p.id!r} cannot be a subject token")
+        profile = profile_for(p.kind, p.preset, p.capabilities)
+        proto = protocol_class(profile.kind if p.kind == "openai" else p.kind)(p, profile)
+        session = new_session(p)
+        self.bindings[p.id] = Binding(
+            provider=p, profile=profile, protocol=proto, upstream=Upstream(p, proto, session),
+            session=session, log=self.log, models=list(p.models),
+        )
+
+    async def stop(self) -> None:
+        for s in self.subs:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+        await self.tasks.drain(timeout=self.cfg.limits.idle_timeout_s)
+        for t in self.loops:
+            t.cancel()
+        for b in self.bindings.values():
+            await b.session.close()
+
+    # -- messages -----------------------------------------------------------------------
+    async def on_exec(self, msg: Msg) -> None:
+        reply = msg.reply
+        headers = msg.headers or {}
+        nc = self.nc
+        assert nc is not None
+        if not reply:
+            return
+        try:
+            routed = Routed.from_headers(headers)
+            binding = self.bindings[routed.target.provider]
+        except (KeyError, ValueError, IndexError) as e:
+            self.log.warning("bad_exec_message", error=repr(e))
+            return
+        sink = InboxSink(nc, reply)
+        target = routed.target
+        ack = Ack(provider=target.provider, model=target.model, attempt=routed.attempt, worker=self.id,
+                  reason=headers.get(H.REASON, ""), plan_size=len(routed.plan))
+        await nc.publish(reply, contracts.ack_frame(ack))
+        if not self.tasks.spawn(self._execute(binding, routed, msg.data, headers, sink)):
+            err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=target.provider)
+            await nc.publish(reply, contracts.error_frame(err.frame()))
+
+    async def _execute(self, binding: Binding, routed: Routed, body: bytes, headers: dict[str, str], sink: InboxSink) -> None:
+        task = asyncio.current_task()
+        assert task is not None and self.nc is not None
+        self.active[sink.reply] = (task, sink)
+        try:
+            await execute(self.nc, binding, routed, body, headers, sink, self.id)
+        finally:
+            self.active.pop(sink.reply, None)
+
+    async def on_cancel(self, msg: Msg) -> None:
+        entry = self.active.get(msg.data.decode())
+        if entry is not None:
+            entry[0].cancel()
+
+    async def on_catalog_request(self, msg: Msg) -> None:
+        await self.announce()
+
+    # -- state out ---------------------------------------------------------------------------
+    def catalog(self) -> Catalog:
+        models, exts = [], []
+        for b in self.bindings.values():
+            models.extend(catalog.model_info(b.provider, b.profile, m) for m in b.models)
+            exts.extend(catalog.extensions(b.provider, b.profile))
+        return Catalog(worker=self.id, models=models, extensions=exts)
+
+    async def announce(self) -> None:
+        assert self.nc is not None
+        await self.nc.publish(subjects.CATALOG_UPDATE, contracts.encode(self.catalog()))
+        await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        assert self.nc is not None
+        hb = Heartbeat(worker=self.id, providers=list(self.bindings), in_flight=len(self.tasks))
+        await self.nc.publish(subjects.WORKER_HEARTBEAT, contracts.encode(hb))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            with contextlib.suppress(Exception):
+                await self._heartbeat()
+
+    async def _keepalive_loop(self) -> None:
+        """A K frame to every request whose upstream has been silent, so the ingress's
+        idle timeout only fires for a dead worker, never for a slow provider."""
+        every = max(0.05, min(5.0, self.cfg.limits.idle_timeout_s / 3))
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for _, sink in list(self.active.values()):
+                if now - sink.last_at >= every:
+                    with contextlib.suppress(Exception):
+                        await sink.frame(contracts.KEEPALIVE_FRAME)
