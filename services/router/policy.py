@@ -3,9 +3,10 @@
 Strategies for now: ``ordered`` (the targets in configured order), ``weighted``
 (a weighted random first pick, the rest by weight) and ``cost`` (cheapest known
 price first). ``latency``, ``quality`` and ``balanced`` need live health state and
-are decided as ``weighted`` until the health service feeds it. Providers whose
-workers stopped heartbeating are left out; providers never heard from yet are kept,
-last, so a request during start-up still finds its worker.
+are decided as ``weighted`` until the health service feeds it. Only providers with a
+live worker (a heartbeat or catalog within ``LIVENESS_S``) are candidates, so a
+request for a provider nobody serves fails at once with 503 instead of waiting for
+an ack that cannot come.
 """
 
 from __future__ import annotations
@@ -75,14 +76,7 @@ def decide(
     else:
         ordered = _weighted_order(route.targets, rng)
         why = "weighted" if chosen == "weighted" else f"weighted ({chosen} needs health state)"
-    live, unknown = [], []
-    for t in ordered:
-        last = state.seen.get(t.provider)
-        if last is None:
-            unknown.append(t)
-        elif now - last <= LIVENESS_S:
-            live.append(t)
-    picked = live + unknown
+    picked = [t for t in ordered if now - state.seen.get(t.provider, -LIVENESS_S * 2) <= LIVENESS_S]
     if not picked:
         raise NoProvider(f"No provider for model '{model}' has a worker running.")
     if not route.fallback:

@@ -10,6 +10,7 @@ catalogs (``sw.catalog.update``); asks for catalogs at start (``sw.catalog.get``
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -23,6 +24,10 @@ from libs.common.service import Service
 from libs.common.subjects import H
 
 from .policy import RouterState, decide
+
+
+# How long a starting router listens for worker catalogs before taking requests.
+STARTUP_LISTEN_S = 0.2
 
 
 class Router(Service):
@@ -43,11 +48,16 @@ class Router(Service):
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
         self.subs = [
-            await nc.subscribe(subjects.ROUTE_ALL, queue=subjects.ROUTER_QUEUE, cb=self.on_request),
             await nc.subscribe(subjects.WORKER_HEARTBEAT, cb=self.on_heartbeat),
             await nc.subscribe(subjects.CATALOG_UPDATE, cb=self.on_catalog),
         ]
+        # Learn which workers are up before taking requests (they answer within ms).
         await nc.publish(subjects.CATALOG_REQUEST, b"")
+        await nc.flush()
+        await asyncio.sleep(STARTUP_LISTEN_S)
+        self.subs.append(
+            await nc.subscribe(subjects.ROUTE_ALL, queue=subjects.ROUTER_QUEUE, cb=self.on_request)
+        )
 
     async def stop(self) -> None:
         for s in self.subs:
