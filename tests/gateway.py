@@ -1,10 +1,10 @@
 """Running Switchman for tests: in-process on a real nats-server, or as real processes.
 
-    cfg = config(providers=[...], models=[...])
-    async with in_process(cfg, nats_url) as gw:       # the five services in this event loop
-        client = gw.openai()                            # official AsyncOpenAI against the ingress
+cfg = config(providers=[...], models=[...])
+async with in_process(cfg, nats_url) as gw:       # the five services in this event loop
+    client = gw.openai()                            # official AsyncOpenAI against the ingress
 
-    proc = Proc.start(["switchman", "up", "--config", path], env, log_dir)   # e2e
+proc = Proc.start(["switchman", "up", "--config", path], env, log_dir)   # e2e
 """
 
 from __future__ import annotations
@@ -58,8 +58,15 @@ def config(**overrides: Any) -> Config:
 
 
 def openai_provider(pid: str, base_url: str, models: Sequence[str], **extra: Any) -> dict[str, Any]:
-    return {"id": pid, "kind": "openai", "preset": "openai", "base_url": base_url, "api_key": "sk-test",
-            "models": list(models), **extra}
+    return {
+        "id": pid,
+        "kind": "openai",
+        "preset": "openai",
+        "base_url": base_url,
+        "api_key": "sk-test",
+        "models": list(models),
+        **extra,
+    }
 
 
 @dataclass
@@ -99,11 +106,14 @@ async def in_process(cfg: Config, nats_url: str, names: Sequence[str] = NAMES) -
 
 
 async def _wait_routable(services: dict[str, Any]) -> None:
-    """Until the router has heard from the worker (its catalog/heartbeat)."""
-    router, worker = services["router"], services["worker"]
+    """Until the router has heard from the worker and the ingress has its catalog."""
+    router, worker, ingress = services["router"], services["worker"], services.get("ingress")
+    models = {(pid, m) for pid, b in worker.bindings.items() for m in b.models}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if all(p in router.state.seen for p in worker.bindings):
+        if all(p in router.state.seen for p in worker.bindings) and (
+            ingress is None or models <= set(ingress.view.infos)
+        ):
             return
         await asyncio.sleep(0.01)
 
