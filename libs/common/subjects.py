@@ -57,8 +57,9 @@ def inbox_wildcard(process_id: str) -> str:
     return INBOX_PREFIX + process_id + ".*"
 
 
-def usage_subject(provider_id: str) -> str:
-    return USAGE_PREFIX + provider_id
+def usage_subject(source: str) -> str:
+    """Where a worker publishes its batches of usage records (``source`` = worker id)."""
+    return USAGE_PREFIX + source
 
 
 def valid_token(token: str) -> bool:
@@ -67,27 +68,16 @@ def valid_token(token: str) -> bool:
 
 
 class H:
-    """Header names carried on sw.route.* and sw.exec.* messages."""
+    """NATS header names Switchman uses (routing data travels in the Envelope)."""
 
-    OP = "Sw-Op"
-    MODEL = "Sw-Model"
-    KEY = "Sw-Key"
-    STRATEGY = "Sw-Strategy"
-    REQUEST_ID = "Sw-Request-Id"
-    DEADLINE = "Sw-Deadline"  # unix time in ms
-    STREAM = "Sw-Stream"  # "1" or absent
-    PLAN = "Sw-Plan"  # JSON list of [provider, model]
-    ATTEMPT = "Sw-Attempt"  # 1-based index into the plan
-    REASON = "Sw-Reason"  # why the router chose this plan
     TRACEPARENT = "traceparent"
     TRACESTATE = "tracestate"
     # The NATS server's status header (503 = no responders).
     STATUS = "Status"
+    # JetStream de-duplication id.
+    MSG_ID = "Nats-Msg-Id"
 
 
-CANCEL_PREFIX = "sw.cancel."
-
-
-def cancel_subject(worker_id: str) -> str:
-    """Where the ingress asks a worker to abandon a request (payload: the reply inbox)."""
-    return CANCEL_PREFIX + worker_id
+# The ingress abandons a request (client gone, timeout); every worker listens and
+# the one holding that reply inbox (the payload) cancels its upstream call.
+CANCEL = "sw.cancel"

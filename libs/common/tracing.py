@@ -79,6 +79,15 @@ def span(
     return _span(name, kind, parent, attrs)
 
 
+def carrier() -> dict[str, str] | None:
+    """NATS headers carrying the current trace context, or None when tracing is off."""
+    if not _enabled:
+        return None
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers or None
+
+
 def inject(headers: MutableMapping[str, str]) -> None:
     """Write the current trace context (traceparent/tracestate) into NATS headers."""
     if _enabled:

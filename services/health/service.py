@@ -35,8 +35,8 @@ class Health(Service):
         self.sub = await nc.subscribe(subjects.ATTEMPT_EVENTS, queue=subjects.HEALTH_QUEUE, cb=self.on_attempt)
 
     async def on_attempt(self, msg: Msg) -> None:
-        ev = contracts.attempt_decoder.decode(msg.data)
-        self.attempts[(ev.provider, ev.status)] += 1
+        for ev in contracts.attempt_batch_decoder.decode(msg.data):
+            self.attempts[(ev.provider, ev.status)] += 1
 
     async def stop(self) -> None:
         if self.sub is not None:

@@ -31,7 +31,7 @@ def _expire(fut: asyncio.Future[bool]) -> None:
 class Call:
     """The frames of one in-flight request, in arrival order."""
 
-    __slots__ = ("bus", "token", "inbox", "frames", "_waiter", "worker")
+    __slots__ = ("bus", "token", "inbox", "frames", "_waiter")
 
     def __init__(self, bus: Bus, token: str) -> None:
         self.bus = bus
@@ -39,7 +39,6 @@ class Call:
         self.inbox = bus.root + token
         self.frames: deque[bytes] = deque()
         self._waiter: asyncio.Future[bool] | None = None
-        self.worker: str | None = None
 
     def push(self, data: bytes) -> None:
         self.frames.append(data)
@@ -63,9 +62,8 @@ class Call:
         return self.frames.popleft() if self.frames else None
 
     async def cancel_upstream(self) -> None:
-        """Ask the worker holding this request to abandon it (client gone, timeout)."""
-        if self.worker:
-            await self.bus.nc.publish(subjects.cancel_subject(self.worker), self.inbox.encode())
+        """Ask whichever worker holds this request to abandon it (client gone, timeout)."""
+        await self.bus.nc.publish(subjects.CANCEL, self.inbox.encode())
 
 
 class Bus:
@@ -107,5 +105,5 @@ class Bus:
     def close(self, call: Call) -> None:
         self.calls.pop(call.token, None)
 
-    async def send(self, call: Call, subject: str, body: bytes, headers: dict[str, str]) -> None:
+    async def send(self, call: Call, subject: str, body: bytes, headers: dict[str, str] | None) -> None:
         await self.nc.publish(subject, body, reply=call.inbox, headers=headers)

@@ -82,20 +82,25 @@ class Relay:
                 what = "worker" if self.route.attempts or self.acked else "router or worker"
                 raise NoProvider(f"no {what} is serving this request right now")
             kind = data[0]
+            if kind == contracts.ACK_WITH:  # an ack riding on the first frame
+                cut = data.index(b"\n")
+                self._ack(data[1:cut])
+                data = data[cut + 1 :]
+                kind = data[0]
             if kind == contracts.ACK:
-                ack = contracts.ack_decoder.decode(data[1:])
-                self.acked = True
-                self.call.worker = ack.worker
-                r = self.route
-                r.provider, r.attempts, r.reason, r.plan_size = ack.provider, ack.attempt, ack.reason, ack.plan_size
+                self._ack(data[1:])
             elif kind == contracts.MOVED:
-                # The next candidate has to ack in its turn.
-                self.acked = False
-                self.call.worker = None
+                self.acked = False  # the next candidate has to ack in its turn
             elif kind == contracts.KEEPALIVE:
                 continue
             else:
                 return kind, data[1:]
+
+    def _ack(self, payload: bytes) -> None:
+        ack = contracts.ack_decoder.decode(payload)
+        self.acked = True
+        r = self.route
+        r.provider, r.attempts, r.reason, r.plan_size = ack.provider, ack.attempt, ack.reason, ack.plan_size
 
     async def response(self) -> web.Response:
         kind, payload = await self.frame()

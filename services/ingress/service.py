@@ -23,8 +23,9 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from libs.common import contracts, log, openai, subjects, tracing
+from libs.common import contracts, openai, subjects, tracing
 from libs.common.config import Config, KeyConfig
+from libs.common.contracts import Envelope
 from libs.common.errors import (
     AuthenticationFailed,
     InternalError,
@@ -36,13 +37,13 @@ from libs.common.errors import (
     SwitchmanError,
 )
 from libs.common.service import Service, process_id
-from libs.common.subjects import H
 
 from .bus import Bus
 from .models import ModelView
 from .proxy import Relay, Route
 from .render import error_response
 
+REQUEST_ID = web.RequestKey("request_id", str)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _enc = msgspec.json.Encoder()
 
@@ -112,7 +113,7 @@ class Ingress(Service):
         try:
             return await handler(request)
         except SwitchmanError as e:
-            return error_response(e, {"x-request-id": request.get("request_id", "")})
+            return error_response(e, {"x-request-id": request.get(REQUEST_ID, "")})
         except web.HTTPRequestEntityTooLarge:
             return error_response(PayloadTooLarge(
                 f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."))
@@ -156,7 +157,7 @@ class Ingress(Service):
         rid = request.headers.get("x-request-id", "")
         if not _REQUEST_ID.match(rid):
             rid = "req_" + os.urandom(12).hex()
-        request["request_id"] = rid
+        request[REQUEST_ID] = rid
         key = self.authenticate(request)
         length = request.content_length
         if length is not None and length > self.cfg.limits.max_body_bytes:
@@ -170,27 +171,22 @@ class Ingress(Service):
             raise PermissionDenied(f"The key '{key.name}' may not use the model '{model}'.", param="model")
         stream = bool(getattr(req, "stream", False))
         timeout = self.request_timeout
-        headers = {H.OP: op, H.MODEL: model, H.REQUEST_ID: rid,
-                   H.DEADLINE: str(int((time.time() + timeout) * 1000))}
-        if stream:
-            headers[H.STREAM] = "1"
-        if key is not None:
-            headers[H.KEY] = key.name
-        strategy = request.headers.get("x-switchman-strategy")
-        if strategy:
-            headers[H.STRATEGY] = strategy
-        with log.bound(request_id=rid), tracing.span(f"ingress.{op}", tracing.SERVER, None, model=model):
-            tracing.inject(headers)
-            return await self.relay(request, op, body, headers, stream, timeout, rid)
+        env = Envelope(
+            op=op, model=model, request_id=rid, deadline_ms=int((time.time() + timeout) * 1000),
+            stream=stream, key=None if key is None else key.name,
+            strategy=request.headers.get("x-switchman-strategy") or None,
+        )
+        with tracing.span(f"ingress.{op}", tracing.SERVER, None, model=model):
+            return await self.relay(request, op, contracts.pack(env, body), stream, timeout, rid)
 
-    async def relay(self, request: web.Request, op: str, body: bytes, headers: dict[str, str],
-                    stream: bool, timeout: float, rid: str) -> web.StreamResponse:
+    async def relay(self, request: web.Request, op: str, packed: bytes, stream: bool, timeout: float,
+                    rid: str) -> web.StreamResponse:
         bus = self.bus
         assert bus is not None
         call = bus.open()
         relay = Relay(bus, call, Route(rid), self.ack_timeout, self.idle_timeout, time.monotonic() + timeout)
         try:
-            await bus.send(call, subjects.route(op), body, headers)
+            await bus.send(call, subjects.route(op), packed, tracing.carrier())
             if stream:
                 return await relay.stream(request)
             return await relay.response()

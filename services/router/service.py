@@ -1,9 +1,9 @@
 """Router: picks the provider(s) for each request.
 
-Consumes ``sw.route.<op>`` (queue group ``router``): reads the routing headers only,
-decides from in-memory state (:mod:`.policy`) and forwards the body bytes untouched
-to ``sw.exec.<provider>`` with the plan, attempt and reason in headers, keeping the
-client's reply inbox. Errors (unknown model, no provider) go to the inbox as an
+Consumes ``sw.route.<op>`` (queue group ``router``): decodes only the routing
+envelope, decides from in-memory state (:mod:`.policy`) and forwards the body bytes
+untouched to ``sw.exec.<provider>`` with the plan, attempt and reason in the
+envelope, keeping the client's reply inbox. Errors (unknown model, no provider) go to the inbox as an
 ``E`` frame. Keeps its state from worker heartbeats (``sw.workers.heartbeat``) and
 catalogs (``sw.catalog.update``); asks for catalogs at start (``sw.catalog.get``).
 """
@@ -14,6 +14,7 @@ import asyncio
 import random
 import time
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -21,10 +22,8 @@ from libs.common import contracts, registry, subjects, tracing
 from libs.common.config import Config, Price, environ
 from libs.common.errors import SwitchmanError
 from libs.common.service import Service
-from libs.common.subjects import H
 
 from .policy import RouterState, decide
-
 
 # How long a starting router listens for worker catalogs before taking requests.
 STARTUP_LISTEN_S = 0.2
@@ -82,26 +81,24 @@ class Router(Service):
                 )
 
     async def on_request(self, msg: Msg) -> None:
-        headers = msg.headers or {}
         nc = self.nc
         assert nc is not None
-        with tracing.span("router.decide", tracing.CONSUMER, headers, **{"messaging.system": "nats"}):
+        try:
+            env, _ = contracts.unpack(msg.data)
+        except ValueError as e:
+            self.log.warning("bad_route_message", error=str(e))
+            return
+        with tracing.span("router.decide", tracing.CONSUMER, msg.headers, **{"messaging.system": "nats"}):
             try:
-                plan = decide(
-                    self.state,
-                    headers.get(H.MODEL, ""),
-                    headers.get(H.STRATEGY),
-                    time.monotonic(),
-                    self.rng,
-                )
+                plan = decide(self.state, env.model, env.strategy, time.monotonic(), self.rng)
             except SwitchmanError as e:
                 if msg.reply:
                     await nc.publish(msg.reply, contracts.error_frame(e.frame()))
                 return
-            first = plan.candidates[0]
-            out = dict(headers)
-            out[H.PLAN] = contracts.encode_plan(plan.candidates)
-            out[H.ATTEMPT] = "1"
-            out[H.REASON] = plan.reason
-            tracing.inject(out)
-            await nc.publish(subjects.exec_subject(first.provider), msg.data, reply=msg.reply, headers=out)
+            routed = msgspec.structs.replace(env, plan=plan.candidates, attempt=1, reason=plan.reason)
+            await nc.publish(
+                subjects.exec_subject(plan.candidates[0].provider),
+                contracts.repack(msg.data, routed),
+                reply=msg.reply,
+                headers=tracing.carrier(),
+            )

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from libs.common import contracts, subjects, tracing
-from libs.common.contracts import AttemptEvent, Candidate, Done, Moved, UsageRecord
+from libs.common.contracts import Ack, AttemptEvent, Candidate, Done, Envelope, Moved, UsageRecord
 from libs.common.errors import GatewayTimeout, InternalError, InvalidRequest, SwitchmanError, UpstreamError
-from libs.common.subjects import H
 
 from .chunks import Usage
 from .params import fit
@@ -35,16 +33,33 @@ _decode_body = msgspec.json.Decoder(dict).decode
 
 
 class InboxSink:
-    """Frames to the client's reply inbox; remembers when the first byte went out."""
+    """Frames to the client's reply inbox; remembers when the first byte went out.
 
-    __slots__ = ("nc", "reply", "started", "first_at", "last_at")
+    The ack is held back for ``ack_delay`` seconds: when the first frame is ready
+    sooner it carries the ack (an ``a`` frame), otherwise the ack goes alone.
+    """
 
-    def __init__(self, nc: NATS, reply: str) -> None:
+    __slots__ = ("nc", "reply", "started", "first_at", "last_at", "_ack", "_timer")
+
+    def __init__(self, nc: NATS, reply: str, ack: Ack, ack_delay: float) -> None:
         self.nc = nc
         self.reply = reply
         self.started = False
         self.first_at = 0.0
         self.last_at = time.monotonic()
+        self._ack: bytes | None = contracts.encode(ack)
+        self._timer = asyncio.get_running_loop().call_later(ack_delay, self._ack_alone)
+
+    def _ack_alone(self) -> None:
+        if self._ack is not None:
+            data, self._ack = b"A" + self._ack, None
+            asyncio.ensure_future(self.nc.publish(self.reply, data))
+
+    async def _send(self, data: bytes) -> None:
+        if self._ack is not None:
+            self._timer.cancel()
+            data, self._ack = b"a" + self._ack + b"\n" + data, None
+        await self.nc.publish(self.reply, data)
 
     def _mark(self) -> None:
         now = time.monotonic()
@@ -55,61 +70,38 @@ class InboxSink:
 
     async def chunk(self, data: bytes) -> None:
         self._mark()
-        await self.nc.publish(self.reply, b"C" + data)
+        await self._send(b"C" + data)
 
     async def result(self, body: bytes) -> None:
         self._mark()
-        await self.nc.publish(self.reply, b"R" + body)
+        await self._send(b"R" + body)
 
     async def frame(self, data: bytes) -> None:
         self.last_at = time.monotonic()
-        await self.nc.publish(self.reply, data)
+        await self._send(data)
+
+    def close(self) -> None:
+        self._timer.cancel()
 
 
-@dataclass(slots=True)
-class Routed:
-    """What the routing headers say about this attempt."""
-
-    op: str
-    plan: list[Candidate]
-    attempt: int
-    stream: bool
-    deadline: float | None  # unix seconds
-    request_id: str
-    key: str | None
-    client_model: str
-
-    @property
-    def target(self) -> Candidate:
-        return self.plan[self.attempt - 1]
-
-    @classmethod
-    def from_headers(cls, h: dict[str, str]) -> Routed:
-        deadline = h.get(H.DEADLINE)
-        return cls(
-            op=h.get(H.OP, "chat"),
-            plan=contracts.plan_decoder.decode(h[H.PLAN]),
-            attempt=int(h.get(H.ATTEMPT, "1")),
-            stream=h.get(H.STREAM) == "1",
-            deadline=int(deadline) / 1000 if deadline else None,
-            request_id=h.get(H.REQUEST_ID, ""),
-            key=h.get(H.KEY),
-            client_model=h.get(H.MODEL, ""),
-        )
+def target(env: Envelope) -> Candidate:
+    return env.plan[env.attempt - 1]
 
 
 async def execute(
-    nc: NATS, binding: Binding, routed: Routed, body: bytes, headers: dict[str, str], sink: InboxSink, worker: str
+    nc: NATS, binding: Binding, env: Envelope, data: bytes, body: memoryview,
+    trace: dict[str, str] | None, sink: InboxSink,
 ) -> None:
+    """Run one attempt; ``data`` is the whole packed message (for handing it on)."""
     attempt_id = os.urandom(8).hex()
     started = time.monotonic()
     usage: Usage | None = None
     error: SwitchmanError | None = None
-    target = routed.target
+    cand = target(env)
     try:
-        with tracing.span("worker.attempt", tracing.CONSUMER, headers, provider=target.provider, model=target.model):
-            usage = await _run(binding, routed, body, sink)
-        if routed.stream:
+        with tracing.span("worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model):
+            usage = await _run(binding, env, body, sink)
+        if env.stream:
             u = usage or Usage()
             await sink.frame(contracts.done_frame(Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)))
     except SwitchmanError as e:
@@ -117,28 +109,26 @@ async def execute(
     except asyncio.CancelledError:
         # Client gone or shutting down: the one terminal frame still goes out.
         error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
-        await _fail(nc, sink, routed, body, headers, error, target)
-        await _report(nc, binding, routed, attempt_id, started, sink, usage, error)
+        await _fail(nc, sink, env, data, error)
+        _report(binding, env, attempt_id, started, sink, usage, error)
         raise
     except Exception as e:  # a bug: never a hang, never a silent end
-        binding.log.exception("attempt_crashed", provider=target.provider)
+        binding.log.exception("attempt_crashed", provider=cand.provider)
         error = InternalError(f"internal error in the worker: {type(e).__name__}")
     if error is not None:
-        error.provider = error.provider or target.provider
-        await _fail(nc, sink, routed, body, headers, error, target)
-    await _report(nc, binding, routed, attempt_id, started, sink, usage, error)
+        error.provider = error.provider or cand.provider
+        await _fail(nc, sink, env, data, error)
+    _report(binding, env, attempt_id, started, sink, usage, error)
 
 
-async def _run(binding: Binding, routed: Routed, body: bytes, sink: InboxSink) -> Usage | None:
+async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSink) -> Usage | None:
     try:
         req: dict[str, Any] = _decode_body(body)
     except msgspec.DecodeError:
         raise InvalidRequest("the request body is not a JSON object") from None
     fit(req, binding.profile, binding.provider.id, binding.provider.drop_params)
-    coro = binding.protocol.run(binding.upstream, sink, routed.op, req, routed.target.model, routed.stream)
-    if routed.deadline is None:
-        return await coro
-    remaining = routed.deadline - time.time()
+    coro = binding.protocol.run(binding.upstream, sink, env.op, req, target(env).model, env.stream)
+    remaining = env.deadline_ms / 1000 - time.time()
     try:
         async with asyncio.timeout(max(remaining, 0.001)):
             return await coro
@@ -146,50 +136,44 @@ async def _run(binding: Binding, routed: Routed, body: bytes, sink: InboxSink) -
         raise GatewayTimeout("the request deadline passed before the provider finished") from None
 
 
-async def _fail(
-    nc: NATS, sink: InboxSink, routed: Routed, body: bytes, headers: dict[str, str],
-    error: SwitchmanError, target: Candidate,
-) -> None:
-    past_deadline = routed.deadline is not None and time.time() >= routed.deadline
-    if not sink.started and error.retryable and routed.attempt < len(routed.plan) and not past_deadline:
-        nxt = routed.plan[routed.attempt]
+async def _fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: SwitchmanError) -> None:
+    past_deadline = time.time() * 1000 >= env.deadline_ms
+    if not sink.started and error.retryable and env.attempt < len(env.plan) and not past_deadline:
+        failed, nxt = target(env), env.plan[env.attempt]
         await sink.frame(
             contracts.moved_frame(
-                Moved(provider=target.provider, attempt=routed.attempt, status=error.status,
+                Moved(provider=failed.provider, attempt=env.attempt, status=error.status,
                       message=error.message, next_provider=nxt.provider)
             )
         )
-        out = dict(headers)
-        out[H.ATTEMPT] = str(routed.attempt + 1)
-        tracing.inject(out)
-        await nc.publish(subjects.exec_subject(nxt.provider), body, reply=sink.reply, headers=out)
+        moved = msgspec.structs.replace(env, attempt=env.attempt + 1)
+        await nc.publish(subjects.exec_subject(nxt.provider), contracts.repack(data, moved),
+                         reply=sink.reply, headers=tracing.carrier())
         return
     await sink.frame(contracts.error_frame(error.frame()))
 
 
-async def _report(
-    nc: NATS, binding: Binding, routed: Routed, attempt_id: str, started: float,
+def _report(
+    binding: Binding, env: Envelope, attempt_id: str, started: float,
     sink: InboxSink, usage: Usage | None, error: SwitchmanError | None,
 ) -> None:
-    """Attempt event for health, usage record for the ledger (after the terminal frame)."""
+    """Attempt event for health, usage record for the ledger (batched, after the terminal frame)."""
     now = time.monotonic()
-    target = routed.target
+    cand = target(env)
     u = usage or Usage()
     event = AttemptEvent(
-        request_id=routed.request_id, attempt_id=attempt_id, provider=target.provider, model=target.model,
-        op=routed.op, status=200 if error is None else error.status, latency_ms=(now - started) * 1000,
+        request_id=env.request_id, attempt_id=attempt_id, provider=cand.provider, model=cand.model,
+        op=env.op, status=200 if error is None else error.status, latency_ms=(now - started) * 1000,
         ttft_ms=(sink.first_at - started) * 1000 if sink.started else None,
         prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-        error_type=None if error is None else type(error).__name__, stream=routed.stream, ts=time.time(),
+        error_type=None if error is None else type(error).__name__, stream=env.stream, ts=time.time(),
     )
-    await nc.publish(subjects.ATTEMPT_EVENTS, contracts.encode(event))
+    record = None
     if u.prompt_tokens or u.completion_tokens:
         record = UsageRecord(
-            request_id=routed.request_id, attempt_id=attempt_id, key=routed.key, provider=target.provider,
-            model=target.model, client_model=routed.client_model, op=routed.op,
+            request_id=env.request_id, attempt_id=attempt_id, key=env.key, provider=cand.provider,
+            model=cand.model, client_model=env.model, op=env.op,
             prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens,
-            cost_usd=binding.cost(target.model, u), status=event.status, ts=event.ts,
+            cost_usd=binding.cost(cand.model, u), status=event.status, ts=event.ts,
         )
-        await nc.publish(
-            subjects.usage_subject(target.provider), contracts.encode(record), headers={"Nats-Msg-Id": attempt_id}
-        )
+    binding.telemetry.record(event, record)

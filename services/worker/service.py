@@ -23,17 +23,17 @@ from nats.aio.msg import Msg
 
 from libs.common import contracts, registry, subjects
 from libs.common.config import Config, ProviderConfig, environ
-from libs.common.contracts import Ack, Catalog, Heartbeat
+from libs.common.contracts import Ack, Catalog, Envelope, Heartbeat
 from libs.common.errors import Overloaded
 from libs.common.service import Service, Tasks, process_id
-from libs.common.subjects import H
 
 from . import catalog, discovery
 from .adapters import protocol_class
 from .adapters.base import Protocol
-from .attempt import InboxSink, Routed, execute
+from .attempt import InboxSink, execute, target
 from .chunks import Usage
 from .profiles import Profile, profile_for
+from .telemetry import Telemetry
 from .upstream import Upstream, new_session
 
 HEARTBEAT_S = 2.0
@@ -49,6 +49,7 @@ class Binding:
     upstream: Upstream
     session: aiohttp.ClientSession
     log: Any
+    telemetry: Telemetry
     models: list[str] = field(default_factory=list)
 
     def cost(self, model: str, u: Usage) -> float:
@@ -69,6 +70,8 @@ class Worker(Service):
         self.configured = [p for p in registry.providers(cfg, environ()) if wanted is None or p.id in wanted]
         self.bindings: dict[str, Binding] = {}
         self.tasks = Tasks(cfg.limits.max_in_flight)
+        # A standalone ack waits this long for the first frame to ride on.
+        self.ack_delay = min(cfg.limits.ack_timeout_s / 4, 0.05)
         self.active: dict[str, tuple[asyncio.Task[Any], InboxSink]] = {}
         self.subs: list[Any] = []
         self.loops: list[asyncio.Task[Any]] = []
@@ -76,6 +79,8 @@ class Worker(Service):
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
+        self.telemetry = Telemetry(nc, self.id, self.log)
+        self.telemetry.start()
         for p in self.configured:
             self.bind(p)
         if self.cfg.discovery.enabled:
@@ -86,7 +91,7 @@ class Worker(Service):
             self.subs.append(
                 await nc.subscribe(subjects.exec_subject(pid), queue=subjects.worker_queue(pid), cb=self.on_exec)
             )
-        self.subs.append(await nc.subscribe(subjects.cancel_subject(self.id), cb=self.on_cancel))
+        self.subs.append(await nc.subscribe(subjects.CANCEL, cb=self.on_cancel))
         self.subs.append(await nc.subscribe(subjects.CATALOG_REQUEST, cb=self.on_catalog_request))
         await self.announce()
         self.loops.append(asyncio.create_task(self._heartbeat_loop()))
@@ -100,7 +105,7 @@ class Worker(Service):
         session = new_session(p)
         self.bindings[p.id] = Binding(
             provider=p, profile=profile, protocol=proto, upstream=Upstream(p, proto, session),
-            session=session, log=self.log, models=list(p.models),
+            session=session, log=self.log, telemetry=self.telemetry, models=list(p.models),
         )
 
     async def stop(self) -> None:
@@ -110,39 +115,40 @@ class Worker(Service):
         await self.tasks.drain(timeout=self.cfg.limits.idle_timeout_s)
         for t in self.loops:
             t.cancel()
+        await self.telemetry.stop()
         for b in self.bindings.values():
             await b.session.close()
 
     # -- messages -----------------------------------------------------------------------
     async def on_exec(self, msg: Msg) -> None:
         reply = msg.reply
-        headers = msg.headers or {}
         nc = self.nc
         assert nc is not None
         if not reply:
             return
         try:
-            routed = Routed.from_headers(headers)
-            binding = self.bindings[routed.target.provider]
+            env, body = contracts.unpack(msg.data)
+            cand = target(env)
+            binding = self.bindings[cand.provider]
         except (KeyError, ValueError, IndexError) as e:
             self.log.warning("bad_exec_message", error=repr(e))
             return
-        sink = InboxSink(nc, reply)
-        target = routed.target
-        ack = Ack(provider=target.provider, model=target.model, attempt=routed.attempt, worker=self.id,
-                  reason=headers.get(H.REASON, ""), plan_size=len(routed.plan))
-        await nc.publish(reply, contracts.ack_frame(ack))
-        if not self.tasks.spawn(self._execute(binding, routed, msg.data, headers, sink)):
-            err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=target.provider)
-            await nc.publish(reply, contracts.error_frame(err.frame()))
+        ack = Ack(provider=cand.provider, model=cand.model, attempt=env.attempt, worker=self.id,
+                  reason=env.reason, plan_size=len(env.plan))
+        sink = InboxSink(nc, reply, ack, self.ack_delay)
+        if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
+            err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
+            await sink.frame(contracts.error_frame(err.frame()))
 
-    async def _execute(self, binding: Binding, routed: Routed, body: bytes, headers: dict[str, str], sink: InboxSink) -> None:
+    async def _execute(self, binding: Binding, env: Envelope, data: bytes, body: memoryview,
+                       trace: dict[str, str] | None, sink: InboxSink) -> None:
         task = asyncio.current_task()
         assert task is not None and self.nc is not None
         self.active[sink.reply] = (task, sink)
         try:
-            await execute(self.nc, binding, routed, body, headers, sink, self.id)
+            await execute(self.nc, binding, env, data, body, trace, sink)
         finally:
+            sink.close()
             self.active.pop(sink.reply, None)
 
     async def on_cancel(self, msg: Msg) -> None:
