@@ -1,0 +1,378 @@
+"""Replicate: hosted language models (``meta/meta-llama-3-8b-instruct``) via predictions.
+
+One chat request is three HTTP calls (:meth:`ReplicateProtocol.run`):
+
+1. create — ``POST {base}/models/{owner}/{name}/predictions``, or ``POST {base}/predictions``
+   with ``version`` when the model is ``owner/name:<version>`` (or a bare version id);
+   body ``{"input": {...}, "stream": true}``. No ``Prefer: wait``: it would hold the create
+   response until the model finished, delaying the first token by the whole generation.
+2. stream — ``GET urls.stream`` (``Accept: text/event-stream``): ``output`` events carry raw
+   text pieces, ``error`` (``{"detail"}``) fails the request, ``done`` (``{}``, or
+   ``{"reason": "canceled"|"error"}``, both failures) ends it; ``logs`` are ignored. A
+   stream that ends without ``done`` raises :class:`UpstreamError`, never a clean finish
+   (after a best-effort ``POST urls.cancel``, so the billed prediction stops).
+3. final — ``GET urls.get`` for ``metrics.input_token_count`` / ``output_token_count``.
+
+Non-stream requests take the same path and accumulate the output into one
+``chat.completion`` (no polling of ``urls.get``): one code path, the same cut-stream
+detection, and everything before the result is sent stays eligible for failover.
+
+Prompt: ``system``/``developer`` messages are joined into ``system_prompt``. A lone user
+message is sent verbatim as ``prompt``; a longer conversation is flattened into a
+transcript of ``User: …`` / ``Assistant: …`` / ``Tool: …`` turns separated by blank lines
+(the model's own ``prompt_template`` wraps it and cues the answer). Only text content.
+
+Input: ``max_completion_tokens``/``max_tokens`` → ``max_tokens`` and ``max_new_tokens``
+(older models' name); ``temperature``, ``top_p``, ``presence_penalty``,
+``frequency_penalty`` as is; ``stop`` → ``stop_sequences``, one comma-joined string as the
+llama models take it (a stop string containing a comma cannot be expressed: 400).
+``seed`` is not sent (the hosted llama inputs have none).
+
+Usage comes from the metrics; when they are missing (or the final GET fails) it is
+estimated at 4 characters per token. ``finish_reason`` is ``length`` only when a reported
+``output_token_count`` reached ``max_tokens``, otherwise ``stop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import msgspec
+
+from libs.common.errors import (
+    InvalidRequest,
+    RateLimited,
+    SwitchmanError,
+    UpstreamError,
+    UpstreamRejected,
+    upstream_status_error,
+)
+
+from ..chunks import ChunkWriter, Usage, chat_completion
+from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated, retry_after
+
+if TYPE_CHECKING:
+    from libs.common.config import ProviderConfig
+
+    from ..profiles import Profile
+
+
+class _Urls(msgspec.Struct):
+    get: str | None = None
+    stream: str | None = None
+    cancel: str | None = None
+
+
+class _Metrics(msgspec.Struct):
+    input_token_count: float | None = None
+    output_token_count: float | None = None
+
+
+class Prediction(msgspec.Struct):
+    """The fields of a Replicate prediction object this adapter reads."""
+
+    id: str | None = None
+    status: str | None = None
+    urls: _Urls | None = None
+    error: Any = None
+    output: Any = None
+    metrics: _Metrics | None = None
+
+
+_enc = msgspec.json.Encoder()
+_dec_prediction = msgspec.json.Decoder(Prediction)
+_dec_any = msgspec.json.Decoder()
+_LABEL = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
+_PASS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def _text(content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    out = []
+    for p in content:
+        if p.get("type") not in ("text", "refusal"):
+            raise InvalidRequest("Replicate language models accept text content only", param="messages")
+        out.append(p.get("text") or p.get("refusal") or "")
+    return "".join(out)
+
+
+def build_prompt(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """``(system_prompt, prompt)`` for an OpenAI message list (see the module notes)."""
+    system: list[str] = []
+    turns: list[tuple[str, str]] = []
+    for m in messages:
+        role = m.get("role")
+        if role == "system" or role == "developer":
+            system.append(_text(m.get("content")))
+        elif role in _LABEL:
+            turns.append((role, _text(m.get("content"))))
+        else:
+            raise InvalidRequest(f"Replicate does not accept messages with role '{role}'", param="messages")
+    if len(turns) == 1 and turns[0][0] == "user":
+        return "\n\n".join(system), turns[0][1]
+    return "\n\n".join(system), "\n\n".join(f"{_LABEL[r]}: {t}" for r, t in turns)
+
+
+def build_input(req: dict[str, Any]) -> dict[str, Any]:
+    """The model ``input`` object for an OpenAI chat request."""
+    system, prompt = build_prompt(req["messages"])
+    inp: dict[str, Any] = {"prompt": prompt}
+    if system:
+        inp["system_prompt"] = system
+    limit = req.get("max_completion_tokens") or req.get("max_tokens")
+    if limit is not None:
+        inp["max_tokens"] = inp["max_new_tokens"] = limit
+    for key in _PASS:
+        if req.get(key) is not None:
+            inp[key] = req[key]
+    stop = req.get("stop")
+    if stop:
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        if any("," in s for s in stops):
+            raise InvalidRequest("Replicate stop sequences cannot contain a comma", param="stop")
+        inp["stop_sequences"] = ",".join(stops)
+    return inp
+
+
+def parse_prediction(body: bytes, provider: str) -> Prediction:
+    try:
+        p = _dec_prediction.decode(body)
+    except msgspec.DecodeError as e:
+        raise UpstreamError(f"malformed Replicate prediction: {e}", provider=provider) from None
+    if p.status in ("failed", "canceled"):
+        raise UpstreamError(f"provider {provider!r}: prediction {p.status}: {p.error}", provider=provider)
+    return p
+
+
+def _estimate(chars: int) -> int:
+    return (chars + 3) // 4
+
+
+class ReplicateStream(StreamTranslator):
+    """Replicate prediction SSE events → OpenAI chunks (or one completion when accumulating).
+
+    ``feed`` handles the events; after ``done`` the caller fetches the final prediction
+    and calls :meth:`settle`, then sends :meth:`tail` (stream) or :meth:`completion`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        include_usage: bool,
+        provider: str,
+        *,
+        max_tokens: int | None = None,
+        prompt_chars: int = 0,
+        accumulate: bool = False,
+    ) -> None:
+        self.writer = ChunkWriter(model, include_usage=include_usage)
+        self.model, self.include_usage, self.provider = model, include_usage, provider
+        self.max_tokens, self.prompt_chars, self.accumulate = max_tokens, prompt_chars, accumulate
+        self.parts: list[str] = []
+        self.chars = 0
+        self.started = False
+        self.finish_reason: str | None = None
+
+    def feed(self, event: str, data: bytes) -> list[bytes]:
+        if event == "output":
+            if not data:
+                return []
+            text = data.decode()
+            self.chars += len(text)
+            if self.accumulate:
+                self.parts.append(text)
+                return []
+            if self.started:
+                return [self.writer.content(text)]
+            self.started = True
+            return [self.writer.role(), self.writer.content(text)]
+        if event == "done":
+            reason = _json(data).get("reason")
+            if reason:
+                raise UpstreamError(
+                    f"provider {self.provider!r}: prediction ended: {reason}", provider=self.provider
+                )
+            self.done = True
+        elif event == "error":
+            detail = _json(data).get("detail") or data.decode(errors="replace")
+            raise UpstreamError(
+                f"provider {self.provider!r}: prediction failed: {detail}", provider=self.provider
+            )
+        return []
+
+    def settle(self, final: Prediction | None) -> None:
+        """Usage and finish reason from the final prediction's metrics (estimated without)."""
+        metrics = final.metrics if final and final.metrics else _Metrics()
+        prompt, done = metrics.input_token_count, metrics.output_token_count
+        self.usage = Usage(
+            prompt_tokens=int(prompt) if prompt is not None else _estimate(self.prompt_chars),
+            completion_tokens=int(done) if done is not None else _estimate(self.chars),
+        )
+        hit = done is not None and self.max_tokens is not None and done >= self.max_tokens
+        self.finish_reason = "length" if hit else "stop"
+
+    def tail(self) -> list[bytes]:
+        pieces = [] if self.started else [self.writer.role()]
+        self.started = True
+        pieces.append(self.writer.finish(self.finish_reason or "stop"))
+        if self.include_usage and self.usage is not None:
+            pieces.append(self.writer.usage(self.usage))
+        return pieces
+
+    def completion(self) -> bytes:
+        message = {"role": "assistant", "content": "".join(self.parts)}
+        choice = {"index": 0, "message": message, "finish_reason": self.finish_reason or "stop"}
+        return chat_completion(self.model, [choice], self.usage)
+
+    def close(self) -> list[bytes]:
+        if not self.done:
+            msg = f"stream from provider {self.provider!r} ended before its done event"
+            raise UpstreamError(msg, provider=self.provider)
+        if self.finish_reason is not None:
+            return []
+        self.settle(None)
+        return self.tail()
+
+
+def _json(data: bytes) -> dict[str, Any]:
+    try:
+        value = _dec_any.decode(data) if data else {}
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class ReplicateProtocol(Protocol):
+    kind = "replicate"
+    ops = frozenset({"chat"})
+
+    def __init__(self, provider: ProviderConfig, profile: Profile) -> None:
+        super().__init__(provider, profile)
+        self.base = (provider.base_url or profile.base_url or "https://api.replicate.com/v1").rstrip("/")
+        head: dict[str, str] = {}
+        if provider.api_key:
+            scheme = "Token" if profile.auth == "token" else "Bearer"
+            head["Authorization"] = f"{scheme} {provider.api_key}"
+        self._headers = head | dict(provider.headers)
+
+    # -- pure parts ---------------------------------------------------------------------
+    def chat_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
+        """The create-prediction call (the same for stream and non-stream requests)."""
+        body: dict[str, Any] = {"input": build_input(req), "stream": True}
+        name, _, version = model.partition(":")
+        if version or "/" not in name:
+            body["version"] = version or name
+            url = f"{self.base}/predictions"
+        else:
+            owner, _, short = name.partition("/")
+            url = f"{self.base}/models/{quote(owner)}/{quote(short)}/predictions"
+        headers = self._headers | {"Content-Type": "application/json"}
+        return HttpCall("POST", url, headers, _enc.encode(body))
+
+    def stream_call(self, url: str) -> HttpCall:
+        headers = self._headers | {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        return HttpCall("GET", url, headers, stream=True)
+
+    def get_call(self, url: str) -> HttpCall:
+        return HttpCall("GET", url, dict(self._headers))
+
+    def chat_stream(self, model: str, include_usage: bool) -> StreamTranslator:
+        return ReplicateStream(model, include_usage, self.provider.id)
+
+    def translator(self, req: dict[str, Any], model: str, stream: bool) -> ReplicateStream:
+        system, prompt = build_prompt(req["messages"])
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        return ReplicateStream(
+            model,
+            include_usage,
+            self.provider.id,
+            max_tokens=req.get("max_completion_tokens") or req.get("max_tokens"),
+            prompt_chars=len(system) + len(prompt),
+            accumulate=not stream,
+        )
+
+    def chat_response(self, body: bytes, model: str) -> Translated:
+        """A finished prediction object → ``chat.completion`` (output pieces joined)."""
+        pred = parse_prediction(body, self.provider.id)
+        if pred.status != "succeeded":
+            raise UpstreamError(
+                f"provider {self.provider.id!r}: prediction is {pred.status}", provider=self.provider.id
+            )
+        tr = ReplicateStream(model, False, self.provider.id, accumulate=True)
+        out = pred.output
+        tr.parts = [out] if isinstance(out, str) else [str(p) for p in out or ()]
+        tr.chars = sum(map(len, tr.parts))
+        tr.settle(pred)
+        return Translated(tr.completion(), tr.usage or Usage())
+
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> SwitchmanError:
+        """Replicate errors are RFC 7807 problem+json: ``{"title", "detail", "status"}``."""
+        pid = self.provider.id
+        msg = _problem(body) or f"HTTP {status}"
+        if status == 422:
+            return UpstreamRejected(400, f"provider {pid!r} rejected the input: {msg}", provider=pid)
+        if status == 429:
+            return RateLimited(msg, retry_after=retry_after(headers), provider=pid)
+        if status >= 500 or status == 402:  # 402: the account's spend limit; another provider may serve
+            return UpstreamError(f"provider {pid!r} failed ({status}): {msg}", provider=pid)
+        return upstream_status_error(status, msg, provider=pid)
+
+    # -- the flow -------------------------------------------------------------------------
+    async def run(
+        self, http: Http, sink: Sink, op: str, req: dict[str, Any], model: str, stream: bool
+    ) -> Usage | None:
+        if op != "chat":
+            return await super().run(http, sink, op, req, model, stream)  # raises: unsupported
+        tr = self.translator(req, model, stream)
+        created = parse_prediction(
+            (await http.fetch(self.chat_request(req, model, stream))).body, tr.provider
+        )
+        urls = created.urls or _Urls()
+        if not urls.stream:
+            raise UpstreamError(
+                f"provider {tr.provider!r}: model {model!r} does not stream", provider=tr.provider
+            )
+        async for event, data in http.events(self.stream_call(urls.stream)):
+            for piece in tr.feed(event, data):
+                await sink.chunk(piece)
+            if tr.done:
+                break
+        if not tr.done:  # cut before `done`: stop the (billed) prediction, then fail
+            await self._cancel(http, urls.cancel)
+            tr.close()
+        tr.settle(await self._final(http, urls.get))
+        if stream:
+            for piece in tr.tail():
+                await sink.chunk(piece)
+        else:
+            await sink.result(tr.completion())
+        return tr.usage
+
+    async def _cancel(self, http: Http, url: str | None) -> None:
+        if url:
+            try:
+                await http.fetch(HttpCall("POST", url, dict(self._headers)))
+            except SwitchmanError:
+                pass
+
+    async def _final(self, http: Http, url: str | None) -> Prediction | None:
+        """The finished prediction, for its metrics; None when it cannot be read."""
+        if not url:
+            return None
+        try:
+            return parse_prediction((await http.fetch(self.get_call(url))).body, self.provider.id)
+        except SwitchmanError:
+            return None
+
+
+def _problem(body: bytes) -> str:
+    data = _json(body)
+    title, detail = data.get("title"), data.get("detail")
+    if isinstance(title, str) and isinstance(detail, str):
+        return f"{title}: {detail}"
+    if isinstance(detail or title, str):
+        return detail or title  # type: ignore[return-value]
+    return body[:500].decode(errors="replace").strip()
