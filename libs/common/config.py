@@ -111,7 +111,7 @@ class LocalDiscovery(_Base):
             "lmstudio": "http://127.0.0.1:1234/v1",
             "vllm": "http://127.0.0.1:8000/v1",
             "llamacpp": "http://127.0.0.1:8081/v1",
-            "localai": "http://127.0.0.1:8082/v1",
+            "localai": "http://127.0.0.1:8080/v1",
         }
     )
     timeout_s: float = 0.3
@@ -176,7 +176,8 @@ def parse(data: Any, env: dict[str, str] | None = None) -> Config:
         raise ConfigError("$: the configuration must be a mapping")
     data = _expand(data, dict(os.environ) if env is None else env, "$")
     try:
-        cfg = msgspec.convert(data, Config)
+        # strict=False: "${PORT}" may fill a number field ("8080" -> 8080).
+        cfg = msgspec.convert(data, Config, strict=False)
     except msgspec.ValidationError as e:
         raise ConfigError(str(e)) from None
     _check(cfg)
@@ -200,9 +201,11 @@ def _check(cfg: Config) -> None:
                     f"unknown provider {t.provider!r} - at `$.models[{i}].targets[{j}].provider`"
                 )
     try:
-        cfg.host_port  # noqa: B018
+        port = cfg.host_port[1]
     except ValueError:
-        raise ConfigError(f"listen must be host:port, got {cfg.listen!r} - at `$.listen`") from None
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"listen must be host:port (port 0-65535), got {cfg.listen!r} - at `$.listen`")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

@@ -61,7 +61,7 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
     reason: str = ""
 
 
-class Ack(_Msg):
+class Ack(_Msg, frozen=True):
     provider: str
     model: str
     attempt: int
@@ -70,7 +70,7 @@ class Ack(_Msg):
     plan_size: int = 1
 
 
-class Moved(_Msg):
+class Moved(_Msg, frozen=True):
     provider: str
     attempt: int
     status: int
@@ -78,12 +78,12 @@ class Moved(_Msg):
     next_provider: str
 
 
-class Done(_Msg):
+class Done(_Msg, frozen=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
 
-class AttemptEvent(_Msg):
+class AttemptEvent(_Msg, frozen=True):
     """One upstream attempt, for health (sw.events.attempt)."""
 
     request_id: str
@@ -101,7 +101,7 @@ class AttemptEvent(_Msg):
     ts: float = 0.0
 
 
-class UsageRecord(_Msg):
+class UsageRecord(_Msg, frozen=True):
     """One billed upstream call, on JetStream SW_USAGE (msg-id = attempt_id)."""
 
     request_id: str
@@ -119,13 +119,13 @@ class UsageRecord(_Msg):
     ts: float = 0.0
 
 
-class Heartbeat(_Msg):
+class Heartbeat(_Msg, frozen=True):
     worker: str
     providers: list[str]
     in_flight: int = 0
 
 
-class ModelInfo(_Msg):
+class ModelInfo(_Msg, frozen=True):
     """A model a provider serves, with what it can do (GET /v1/models, /v1/capabilities)."""
 
     id: str
@@ -143,13 +143,13 @@ class ModelInfo(_Msg):
     output_per_mtok: float | None = None
 
 
-class Extension(_Msg):
+class Extension(_Msg, frozen=True):
     provider: str
     field: str
     description: str
 
 
-class Catalog(_Msg):
+class Catalog(_Msg, frozen=True):
     worker: str
     models: list[ModelInfo] = []
     extensions: list[Extension] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -52,11 +53,13 @@ async def models(bindings: Iterable[Binding], log: Any, timeout: float = 5.0) ->
     await asyncio.gather(*(one(b) for b in bindings if b.provider.discover_models))
 
 
-async def local_servers(cfg: LocalDiscovery, known_urls: set[str | None]) -> list[ProviderConfig]:
-    """Providers for the local servers that answer on their usual ports."""
+async def local_servers(
+    cfg: LocalDiscovery, known_urls: set[str | None], own_port: int
+) -> list[ProviderConfig]:
+    """Providers for the local servers that answer on their usual ports (never our own port)."""
 
     async def probe(name: str, url: str, session: aiohttp.ClientSession) -> ProviderConfig | None:
-        if url in known_urls:
+        if url in known_urls or urlsplit(url).port == own_port:
             return None
         p = ProviderConfig(id=f"local-{name}", kind="openai", preset=name, base_url=url, discover_models=True)
         proto = protocol_class("openai")(p, profile_for("openai", name))

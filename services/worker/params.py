@@ -37,7 +37,7 @@ def fit(req: dict[str, Any], profile: Profile, provider: str, drop: bool) -> dic
     if not profile.parallel_tool_calls:
         unsupported = unsupported | {"parallel_tool_calls"}
     for key in unsupported.intersection(req):
-        if not drop and req[key] is not None:
+        if not drop and req[key] is not None and not (key == "n" and req[key] <= profile.max_n):
             raise _reject(provider, key, "does not support the parameter")
         del req[key]
     stop = req.get("stop")

@@ -65,6 +65,8 @@ PRESETS: dict[str, Profile] = {
             embeddings=True,
             completions=True,
             chat_path="/openai/deployments/{model}/chat/completions",
+            # Deployments are named by the operator; Azure's model list does not name them.
+            models_endpoint="",
         ),
         _p(
             "groq",
@@ -291,6 +293,6 @@ def profile_for(kind: str, preset: str | None, overrides: dict[str, object] | No
             raise KeyError(bad[0])
         data = msgspec.structs.asdict(base) | dict(overrides)
         if "unsupported" in overrides:
-            data["unsupported"] = frozenset(overrides["unsupported"])  # type: ignore[arg-type]
+            data["unsupported"] = frozenset(overrides["unsupported"])  # type: ignore[call-overload]
         base = msgspec.convert(data, Profile)
     return base

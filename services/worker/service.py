@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from libs.common import contracts, registry, subjects
 from libs.common.config import Config, ProviderConfig, environ
-from libs.common.contracts import Ack, Catalog, Envelope, Heartbeat
+from libs.common.contracts import Ack, Catalog, Envelope, Extension, Heartbeat, ModelInfo
 from libs.common.errors import Overloaded
 from libs.common.service import Service, Tasks, process_id
 
@@ -84,7 +84,8 @@ class Worker(Service):
         for p in self.configured:
             self.bind(p)
         if self.cfg.discovery.enabled:
-            for p in await discovery.local_servers(self.cfg.discovery, {b.provider.base_url for b in self.bindings.values()}):
+            known = {b.provider.base_url for b in self.bindings.values()}
+            for p in await discovery.local_servers(self.cfg.discovery, known, self.cfg.host_port[1]):
                 self.bind(p)
         await discovery.models(self.bindings.values(), self.log)
         for pid in self.bindings:
@@ -161,7 +162,8 @@ class Worker(Service):
 
     # -- state out ---------------------------------------------------------------------------
     def catalog(self) -> Catalog:
-        models, exts = [], []
+        models: list[ModelInfo] = []
+        exts: list[Extension] = []
         for b in self.bindings.values():
             models.extend(catalog.model_info(b.provider, b.profile, m) for m in b.models)
             exts.extend(catalog.extensions(b.provider, b.profile))

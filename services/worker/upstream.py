@@ -90,7 +90,10 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
         buf = self._buf + data if self._buf else data
+        hold = b""
         if b"\r" in buf:
+            if buf[-1:] == b"\r":  # maybe half of a CRLF split across reads
+                buf, hold = buf[:-1], b"\r"
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         out: list[tuple[str, bytes]] = []
         start = 0
@@ -102,13 +105,14 @@ class SSEParser:
             if ev is not None:
                 out.append(ev)
             start = end + 2
-        self._buf = buf[start:]
+        self._buf = buf[start:] + hold
         return out
 
     def flush(self) -> list[tuple[str, bytes]]:
-        """An event left without its blank line at EOF is incomplete: it is dropped."""
+        """At EOF: a held CR ends its line; an event left without its blank line is dropped."""
+        out = self.feed(b"\n") if self._buf.endswith(b"\r") else []
         self._buf = b""
-        return []
+        return out
 
 
 def _parse_event(block: bytes) -> tuple[str, bytes] | None:

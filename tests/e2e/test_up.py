@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from tests.emulators.openai_upstream import UpstreamState, running
-from tests.gateway import Proc, config_dict, openai_provider, switchman_cmd, wait_http, wait_model, write_config
+from tests.gateway import (
+    Proc,
+    config_dict,
+    openai_provider,
+    switchman_cmd,
+    wait_http,
+    wait_model,
+    write_config,
+)
 from tests.schema import validate, validate_sse_chunks
 
 pytestmark = pytest.mark.e2e

@@ -153,7 +153,7 @@ class Protocol:
             return out.usage
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         translator = streamer(model, include_usage)
-        async with contextlib.aclosing(http.events(call)) as events:
+        async with contextlib.aclosing(http.events(call)) as events:  # type: ignore[type-var]
             async for event, data in events:
                 for piece in translator.feed(event, data):
                     await sink.chunk(piece)

@@ -166,7 +166,7 @@ class OpenAIProtocol(Protocol):
     def models_response(self, body: bytes) -> list[str]:
         data = msgspec.json.decode(body)
         if isinstance(data, dict) and isinstance(data.get("models"), list):  # Ollama /api/tags
-            return [m.get("name") or m.get("model") for m in data["models"] if isinstance(m, dict)]
+            return [str(m.get("name") or m.get("model")) for m in data["models"] if isinstance(m, dict)]
         items = data.get("data", []) if isinstance(data, dict) else []
         return [m["id"] for m in items if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
@@ -205,7 +205,7 @@ class PassthroughStream(StreamTranslator):
             return []
         if not data or data[0] != 123:  # not a JSON object: keep-alive noise
             return []
-        if b'"usage":{' in data or b'"error"' in data:
+        if b'"usage"' in data or b'"error"' in data:
             return self._inspect(data)
         self._pieces += 1  # about one token per chunk: the estimate for a synthesized usage
         return [data]
