@@ -77,9 +77,9 @@ class Ingress(Service):
         host, port = self.cfg.host_port
         site = web.TCPSite(self.runner, host, port, backlog=4096, reuse_address=True)
         await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # the bound port when 0 was asked
-            self.port = server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:  # the bound port when 0 was asked
+            self.port = sockets[0].getsockname()[1]
         self.log.info("listening", host=host, port=self.port)
 
     async def stop(self) -> None:
