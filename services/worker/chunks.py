@@ -7,8 +7,11 @@ written down once. Encoders are built once at module level.
 
 from __future__ import annotations
 
+import base64
 import os
+import sys
 import time
+from array import array
 from typing import Any
 
 import msgspec
@@ -121,12 +124,25 @@ def chat_completion(
     return _enc.encode(body)
 
 
-def embeddings_response(model: str, vectors: list[Any], usage: Usage) -> bytes:
-    """An OpenAI ``list`` of embeddings; ``vectors`` items are float lists or base64 strings."""
+def pack_base64(values: list[float]) -> str:
+    """OpenAI's base64 embedding: little-endian float32, base64-encoded."""
+    packed = array("f", values)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode()
+
+
+def embeddings_response(
+    model: str, vectors: list[list[float]], usage: Usage, encoding_format: str | None = "float"
+) -> bytes:
+    """An OpenAI ``list`` of embeddings, base64-packed when the client asked for it."""
+    data: list[Any] = vectors
+    if encoding_format == "base64":
+        data = [pack_base64(v) for v in vectors]
     return _enc.encode(
         {
             "object": "list",
-            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+            "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)],
             "model": model,
             "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens},
         }

@@ -14,12 +14,12 @@ from libs.common.errors import UpstreamError
 from services.worker.adapters.sim import (
     SimProtocol,
     count_tokens,
-    pack_base64,
     plan_answer,
     prompt_text,
     vector,
     words,
 )
+from services.worker.chunks import pack_base64
 from services.worker.profiles import PRESETS
 from tests.schema import validate, validate_sse_chunks
 

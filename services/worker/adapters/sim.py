@@ -14,10 +14,8 @@ JSON object.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import random
-import struct
 from typing import Any
 
 from libs.common.config import SimSettings
@@ -68,10 +66,6 @@ def vector(text: str, dims: int) -> list[float]:
     v = [rng.uniform(-1.0, 1.0) for _ in range(dims)]
     norm = sum(x * x for x in v) ** 0.5 or 1.0
     return [x / norm for x in v]
-
-
-def pack_base64(v: list[float]) -> str:
-    return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
 
 
 def plan_answer(req: dict[str, Any], settings: SimSettings) -> tuple[list[str], dict[str, Any] | None, str]:
@@ -187,9 +181,7 @@ class SimProtocol(Protocol):
         inputs = req["input"]
         items = [inputs] if isinstance(inputs, str) else inputs
         dims = req.get("dimensions") or self.settings.embedding_dims
-        vectors: list[Any] = [vector(str(x), dims) for x in items]
-        if req.get("encoding_format") == "base64":
-            vectors = [pack_base64(v) for v in vectors]
+        vectors = [vector(str(x), dims) for x in items]
         usage = Usage(prompt_tokens=sum(count_tokens(str(x)) for x in items))
-        await sink.result(embeddings_response(model, vectors, usage))
+        await sink.result(embeddings_response(model, vectors, usage, req.get("encoding_format")))
         return usage
