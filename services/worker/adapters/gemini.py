@@ -1,0 +1,471 @@
+"""Google Gemini (Generative Language API ``v1beta``): OpenAI chat and embeddings.
+
+Chat → ``POST {base}/models/{model}:generateContent`` (or
+``:streamGenerateContent?alt=sse``), embeddings → ``:batchEmbedContents``, discovery →
+``GET {base}/models``; key in ``x-goog-api-key``. The request mapping follows
+protocols.md §3.6; the response side lives in :mod:`.gemini_stream`.
+
+Decisions beyond the table:
+
+* ``system``/``developer`` messages anywhere in the conversation are hoisted, in order,
+  into ``systemInstruction``. Empty text parts are dropped (Gemini rejects them) and a
+  message left without parts is skipped.
+* Tool results: ``role: tool`` messages become ``functionResponse`` parts in one
+  ``user`` turn (consecutive ones merged; the role is :attr:`GeminiProtocol.tool_role`).
+  The name comes from the earlier assistant tool call with that id; content that is a
+  JSON object is sent as the response object, anything else as ``{"result": text}``.
+* ``n == 1`` sends no ``candidateCount`` (the default; some models reject the field).
+  ``parallel_tool_calls``, ``user``, ``metadata``, ``store``, ``service_tier`` have no
+  Gemini equivalent and are ignored. ``reasoning_effort`` → ``thinkingConfig.thinkingBudget``
+  (none 0, minimal 512, low 1024, medium 8192, high 24576, xhigh 32768).
+* Embeddings: Gemini takes at most 100 inputs per batch, so larger inputs are split into
+  concurrent calls (:meth:`GeminiProtocol.run`). The API reports no token usage for
+  embeddings; when ``usageMetadata`` is absent the prompt tokens are estimated as
+  ceil(UTF-8 bytes / 4) per input (OpenAI's rule of thumb). With ``dimensions`` Gemini
+  returns truncated, unnormalized vectors; they are rescaled to unit length as OpenAI's are.
+* Errors: see :func:`.gemini_stream.rpc_error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import msgspec
+
+from libs.common.errors import InvalidRequest, SwitchmanError, UpstreamError
+
+from ..chunks import Usage, chat_completion, embeddings_response
+from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated
+from .gemini_stream import (
+    GeminiStream,
+    blocked,
+    choice_of,
+    error_of,
+    parse_response,
+    rpc_error,
+    split_tool_call_id,
+    usage_of,
+)
+
+_encode = msgspec.json.Encoder().encode
+_decode_json = msgspec.json.decode
+
+BATCH_LIMIT = 100
+_SCALARS = (
+    ("temperature", "temperature"),
+    ("top_p", "topP"),
+    ("seed", "seed"),
+    ("presence_penalty", "presencePenalty"),
+    ("frequency_penalty", "frequencyPenalty"),
+    ("top_k", "topK"),  # extension
+)
+_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
+_MIME = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+    "gif": "image/gif", "heic": "image/heic", "heif": "image/heif", "pdf": "application/pdf",
+    "wav": "audio/wav", "mp3": "audio/mp3", "mp4": "video/mp4", "txt": "text/plain",
+}  # fmt: skip
+
+
+# -- request: messages ----------------------------------------------------------------
+def _texts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if not content:
+        return []
+    return [{"text": t} for p in content if (t := p.get("text") or p.get("refusal"))]
+
+
+def _data_url(url: str, param: str) -> dict[str, Any]:
+    header, comma, data = url[5:].partition(",")
+    mime, _, encoding = header.partition(";")
+    if not comma or encoding != "base64" or not mime or not data:
+        raise InvalidRequest("Invalid data URL: expected data:<mime>;base64,<data>.", param=param)
+    return {"inlineData": {"mimeType": mime, "data": data}}
+
+
+def _media(url: str, param: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        return _data_url(url, param)
+    if url.startswith(("https://", "http://")):
+        name = url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
+        ext = name.rpartition(".")[2].lower() if "." in name else ""
+        return {"fileData": {"mimeType": _MIME.get(ext, "image/jpeg"), "fileUri": url}}
+    raise InvalidRequest("Expected an http(s) URL or a base64 data URL.", param=param)
+
+
+def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    for j, p in enumerate(content):
+        kind = p.get("type")
+        if kind == "text":
+            if p["text"]:
+                parts.append({"text": p["text"]})
+        elif kind == "image_url":
+            parts.append(_media(p["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url"))
+        elif kind == "input_audio":
+            audio = p["input_audio"]
+            parts.append({"inlineData": {"mimeType": "audio/" + audio["format"], "data": audio["data"]}})
+        elif kind == "file" and (p["file"].get("file_data") or "").startswith("data:"):
+            parts.append(_data_url(p["file"]["file_data"], f"messages[{i}].content[{j}].file.file_data"))
+        else:
+            raise InvalidRequest(
+                f"Content part type {kind!r} is not supported by this provider (file parts need file_data).",
+                param=f"messages[{i}].content[{j}]",
+            )
+    return parts
+
+
+def _args(arguments: str, param: str) -> dict[str, Any]:
+    if not arguments.strip():
+        return {}
+    try:
+        args = _decode_json(arguments)
+    except msgspec.DecodeError:
+        raise InvalidRequest("The function arguments are not valid JSON.", param=param) from None
+    if not isinstance(args, dict):
+        raise InvalidRequest("The function arguments must be a JSON object.", param=param)
+    return args
+
+
+def _model_parts(m: dict[str, Any], i: int, names: dict[str, str]) -> list[dict[str, Any]]:
+    parts = _texts(m.get("content")) or _texts(m.get("refusal"))
+    for k, tc in enumerate(m.get("tool_calls") or ()):
+        fn = tc["function"]
+        call_id, signature = split_tool_call_id(tc["id"])
+        google = (tc.get("extra_content") or {}).get("google") or {}  # Google's OpenAI-compat field
+        signature = signature or google.get("thought_signature")
+        names[tc["id"]] = fn["name"]
+        call = {"id": call_id, "name": fn["name"]}
+        call["args"] = _args(fn["arguments"], f"messages[{i}].tool_calls[{k}].function.arguments")
+        part: dict[str, Any] = {"functionCall": call}
+        if signature:
+            part["thoughtSignature"] = signature
+        parts.append(part)
+    legacy = m.get("function_call")
+    if legacy:
+        args = _args(legacy["arguments"], f"messages[{i}].function_call.arguments")
+        parts.append({"functionCall": {"name": legacy["name"], "args": args}})
+    return parts
+
+
+def _response_object(content: Any) -> dict[str, Any]:
+    text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content or ())
+    if text.lstrip()[:1] == "{":
+        try:
+            value = _decode_json(text)
+        except msgspec.DecodeError:
+            value = None
+        if isinstance(value, dict):
+            return value
+    return {"result": text}
+
+
+def _function_response(m: dict[str, Any], i: int, names: dict[str, str]) -> dict[str, Any]:
+    if m["role"] == "function":
+        return {"functionResponse": {"name": m["name"], "response": _response_object(m.get("content"))}}
+    call_id = m["tool_call_id"]
+    name = names.get(call_id) or m.get("name")
+    if not name:
+        raise InvalidRequest(
+            f"No earlier assistant message has a tool call with id {call_id!r}.",
+            param=f"messages[{i}].tool_call_id",
+        )
+    response = {"id": split_tool_call_id(call_id)[0], "name": name}
+    response["response"] = _response_object(m["content"])
+    return {"functionResponse": response}
+
+
+def contents_of(messages: list[dict[str, Any]], tool_role: str = "user") -> tuple[list, list]:
+    """(systemInstruction parts, contents) of an OpenAI ``messages`` list."""
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+    tool_turn: dict[str, Any] | None = None
+    for i, m in enumerate(messages):
+        role = m["role"]
+        if role == "system" or role == "developer":
+            system.extend(_texts(m["content"]))
+        elif role == "tool" or role == "function":
+            part = _function_response(m, i, names)
+            if tool_turn is not None and contents and contents[-1] is tool_turn:
+                tool_turn["parts"].append(part)
+            else:
+                tool_turn = {"role": tool_role, "parts": [part]}
+                contents.append(tool_turn)
+        else:
+            if role == "assistant":
+                parts = _model_parts(m, i, names)
+            else:
+                parts = _user_parts(m["content"], i)
+            if parts:
+                contents.append({"role": "model" if role == "assistant" else "user", "parts": parts})
+    return system, contents
+
+
+# -- request: tools and generation config -------------------------------------------------
+def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    decls = []
+    for j, t in enumerate(tools):
+        if t.get("type", "function") != "function":
+            raise InvalidRequest(f"Tool type {t.get('type')!r} is not supported.", param=f"tools[{j}].type")
+        fn = t["function"]
+        decl = {"name": fn["name"]}
+        if fn.get("description"):
+            decl["description"] = fn["description"]
+        if fn.get("parameters") is not None:
+            decl["parametersJsonSchema"] = fn["parameters"]
+        decls.append(decl)
+    return [{"functionDeclarations": decls}]
+
+
+def _tool_config(choice: Any) -> dict[str, Any]:
+    if isinstance(choice, str):
+        mode = _MODES.get(choice)
+        if mode is None:
+            raise InvalidRequest(f"Unsupported tool_choice {choice!r}.", param="tool_choice")
+        return {"functionCallingConfig": {"mode": mode}}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice["function"]["name"]
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+    raise InvalidRequest("Unsupported tool_choice.", param="tool_choice")
+
+
+def generation_config(req: dict[str, Any]) -> dict[str, Any]:
+    g: dict[str, Any] = {}
+    limit = req.get("max_completion_tokens")
+    if limit is None:
+        limit = req.get("max_tokens")
+    if limit is not None:
+        g["maxOutputTokens"] = limit
+    stop = req.get("stop")
+    if stop:
+        g["stopSequences"] = [stop] if isinstance(stop, str) else stop
+    for ours, theirs in _SCALARS:
+        value = req.get(ours)
+        if value is not None:
+            g[theirs] = value
+    n = req.get("n")
+    if n is not None and n != 1:
+        g["candidateCount"] = n
+    fmt = req.get("response_format")
+    if fmt and fmt.get("type") in ("json_object", "json_schema"):
+        g["responseMimeType"] = "application/json"
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if schema is not None:
+            g["responseJsonSchema"] = schema
+    if req.get("logprobs"):
+        g["responseLogprobs"] = True
+        if req.get("top_logprobs") is not None:
+            g["logprobs"] = req["top_logprobs"]
+    effort = req.get("reasoning_effort")
+    if effort in _BUDGETS:
+        g["thinkingConfig"] = {"thinkingBudget": _BUDGETS[effort]}
+    return g
+
+
+def generate_body(req: dict[str, Any], tool_role: str = "user") -> dict[str, Any]:
+    """The ``GenerateContentRequest`` JSON object of an OpenAI chat request."""
+    system, contents = contents_of(req["messages"], tool_role)
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": system}
+    tools = req.get("tools")
+    if tools:
+        body["tools"] = _tools(tools)
+        if req.get("tool_choice") is not None:
+            body["toolConfig"] = _tool_config(req["tool_choice"])
+    safety = req.get("safety_settings")  # extension
+    if safety is not None:
+        body["safetySettings"] = safety
+    g = generation_config(req)
+    if g:
+        body["generationConfig"] = g
+    return body
+
+
+# -- embeddings -----------------------------------------------------------------------
+class _Embedding(msgspec.Struct):
+    values: list[float] = []
+
+
+class _EmbedUsage(msgspec.Struct, rename="camel"):
+    prompt_token_count: int = 0
+
+
+class _EmbedResponse(msgspec.Struct, rename="camel"):
+    embeddings: list[_Embedding] = []
+    usage_metadata: _EmbedUsage | None = None
+
+
+_decode_embeddings = msgspec.json.Decoder(_EmbedResponse).decode
+_LITTLE = sys.byteorder == "little"
+
+
+def _inputs(req: dict[str, Any]) -> list[str]:
+    value = req["input"]
+    texts = [value] if isinstance(value, str) else value
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidRequest("This provider embeds text only: 'input' must be strings.", param="input")
+    return texts
+
+
+def _unit(values: list[float]) -> list[float]:
+    norm = math.sqrt(math.fsum(v * v for v in values))
+    if norm == 0.0 or abs(norm - 1.0) < 1e-4:
+        return values
+    return [v / norm for v in values]
+
+
+def _estimate_tokens(texts: list[str]) -> int:
+    return sum(-(-len(t.encode()) // 4) for t in texts)
+
+
+def _model_path(model: str) -> str:
+    return model if model.startswith(("models/", "tunedModels/")) else "models/" + model
+
+
+# -- the protocol ---------------------------------------------------------------------
+class GeminiProtocol(Protocol):
+    kind = "gemini"
+    ops = frozenset({"chat", "embeddings"})
+    # The role of the turn carrying functionResponse parts (protocols.md §3.4).
+    tool_role = "user"
+
+    def _base(self) -> str:
+        base = self.provider.base_url or self.profile.base_url
+        if not base:
+            raise InvalidRequest(f"provider {self.provider.id!r} has no base_url", param="model")
+        return base.rstrip("/")
+
+    def _headers(self, body: bool = True) -> dict[str, str]:
+        headers = {"content-type": "application/json"} if body else {}
+        key = self.provider.api_key
+        if key and self.profile.auth == "bearer":
+            headers["authorization"] = "Bearer " + key
+        elif key and self.profile.auth != "none":
+            headers["x-goog-api-key"] = key
+        headers.update(self.provider.headers)
+        return headers
+
+    def _url(self, model: str, method: str, query: dict[str, str] | None = None) -> str:
+        params = {**self.provider.query, **(query or {})}
+        url = f"{self._base()}/{quote(_model_path(model), safe='/')}:{method}"
+        return url + "?" + urlencode(params) if params else url
+
+    # -- chat -----------------------------------------------------------------------------
+    def chat_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
+        body = _encode(generate_body(req, self.tool_role))
+        if stream:
+            url = self._url(model, "streamGenerateContent", {"alt": "sse"})
+        else:
+            url = self._url(model, "generateContent")
+        return HttpCall("POST", url, self._headers(), body, stream=stream)
+
+    def chat_response(self, body: bytes, model: str) -> Translated:
+        provider = self.provider.id
+        resp = parse_response(body, provider)
+        if resp.error is not None:
+            raise rpc_error(resp.error.code or 500, resp.error, {}, provider)
+        if not resp.candidates:
+            raise blocked(resp.prompt_feedback, provider)
+        choices = [choice_of(c, provider) for c in sorted(resp.candidates, key=lambda c: c.index)]
+        usage = usage_of(resp.usage_metadata) if resp.usage_metadata is not None else None
+        rid = "chatcmpl-" + resp.response_id if resp.response_id else None
+        return Translated(chat_completion(model, choices, usage, id=rid), usage or Usage())
+
+    def chat_stream(self, model: str, include_usage: bool) -> StreamTranslator:
+        return GeminiStream(model, include_usage, self.provider.id)
+
+    # -- embeddings -------------------------------------------------------------------
+    def embeddings_request(self, req: dict[str, Any], model: str) -> HttpCall:
+        path = _model_path(model)
+        dims = req.get("dimensions")
+        requests = []
+        for text in _inputs(req):
+            one: dict[str, Any] = {"model": path, "content": {"parts": [{"text": text}]}}
+            if dims is not None:
+                one["outputDimensionality"] = dims
+            requests.append(one)
+        body = _encode({"requests": requests})
+        return HttpCall("POST", self._url(model, "batchEmbedContents"), self._headers(), body)
+
+    def _vectors(self, body: bytes, req: dict[str, Any], texts: list[str]) -> tuple[list[list[float]], int]:
+        try:
+            resp = _decode_embeddings(body)
+        except msgspec.DecodeError as e:
+            raise UpstreamError(f"provider {self.provider.id!r} sent unreadable embeddings: {e}") from None
+        if len(resp.embeddings) != len(texts):
+            raise UpstreamError(
+                f"provider {self.provider.id!r} returned {len(resp.embeddings)} embeddings for {len(texts)} inputs"
+            )
+        vectors: list[list[float]] = [e.values for e in resp.embeddings]
+        if req.get("dimensions") is not None:
+            vectors = [_unit(v) for v in vectors]
+        used = resp.usage_metadata.prompt_token_count if resp.usage_metadata is not None else 0
+        return vectors, used or _estimate_tokens(texts)
+
+    def embeddings_response(self, body: bytes, model: str, req: dict[str, Any]) -> Translated:
+        vectors, tokens = self._vectors(body, req, _inputs(req))
+        usage = Usage(prompt_tokens=tokens)
+        return Translated(embeddings_response(model, vectors, usage, req.get("encoding_format")), usage)
+
+    async def run(
+        self, http: Http, sink: Sink, op: str, req: dict[str, Any], model: str, stream: bool
+    ) -> Usage | None:
+        texts = _inputs(req) if op == "embeddings" else ()
+        if len(texts) <= BATCH_LIMIT:
+            return await Protocol.run(self, http, sink, op, req, model, stream)
+        batches = [{**req, "input": texts[i : i + BATCH_LIMIT]} for i in range(0, len(texts), BATCH_LIMIT)]
+        responses = await asyncio.gather(*(http.fetch(self.embeddings_request(b, model)) for b in batches))
+        vectors: list[list[float]] = []
+        tokens = 0
+        for batch, resp in zip(batches, responses, strict=True):
+            got, used = self._vectors(resp.body, req, batch["input"])
+            vectors.extend(got)
+            tokens += used
+        usage = Usage(prompt_tokens=tokens)
+        await sink.result(embeddings_response(model, vectors, usage, req.get("encoding_format")))
+        return usage
+
+    # -- errors -----------------------------------------------------------------------
+    def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> SwitchmanError:
+        return error_of(status, body, headers, self.provider.id)
+
+    # -- discovery --------------------------------------------------------------------
+    def models_request(self) -> HttpCall | None:
+        query = urlencode({"pageSize": 1000, **self.provider.query})
+        return HttpCall("GET", f"{self._base()}/models?{query}", self._headers(body=False))
+
+    def models_response(self, body: bytes) -> list[str]:
+        try:
+            listing = _decode_models(body)
+        except msgspec.DecodeError as e:
+            raise UpstreamError(f"provider {self.provider.id!r} sent an unreadable model list: {e}") from None
+        return [
+            m.name.removeprefix("models/")
+            for m in listing.models
+            if _SERVES.intersection(m.supported_generation_methods)
+        ]
+
+
+class _Model(msgspec.Struct, rename="camel"):
+    name: str = ""
+    supported_generation_methods: list[str] = []
+
+
+class _ModelList(msgspec.Struct, rename="camel"):
+    models: list[_Model] = []
+    next_page_token: str | None = None
+
+
+_decode_models = msgspec.json.Decoder(_ModelList).decode
+_SERVES = frozenset({"generateContent", "embedContent", "batchEmbedContents"})
