@@ -85,7 +85,16 @@ class ChunkWriter:
         return self.delta({"role": "assistant", "content": ""}, index=index)
 
     def content(self, text: str, index: int = 0) -> bytes:
-        return self.delta({"content": text}, index=index)
+        if index:
+            return self.delta({"content": text}, index=index)
+        # The hot path of every text stream: bytes templates, one string encode.
+        return (
+            self._head
+            + b',"choices":[{"index":0,"delta":{"content":'
+            + _enc.encode(text)
+            + b'},"finish_reason":null,"logprobs":null}]'
+            + self._tail()
+        )
 
     def finish(self, finish_reason: str, index: int = 0) -> bytes:
         return self.delta({}, index=index, finish_reason=finish_reason)
