@@ -126,7 +126,7 @@ class Ingress(Service):
         except web.HTTPException:
             raise
         except Exception:
-            self.log.exception("unhandled", path=request.path)
+            self.log.exception("unhandled", path=request.path, request_id=request.get(REQUEST_ID, ""))
             return error_response(InternalError("The gateway failed to handle the request."))
 
     # -- auth ---------------------------------------------------------------------------------

@@ -113,10 +113,14 @@ async def execute(
         _report(binding, env, attempt_id, started, sink, usage, error)
         raise
     except Exception as e:  # a bug: never a hang, never a silent end
-        binding.log.exception("attempt_crashed", provider=cand.provider)
+        binding.log.exception("attempt_crashed", request_id=env.request_id, provider=cand.provider)
         error = InternalError(f"internal error in the worker: {type(e).__name__}")
     if error is not None:
         error.provider = error.provider or cand.provider
+        binding.log.warning(
+            "attempt_failed", request_id=env.request_id, provider=cand.provider, model=cand.model,
+            attempt=env.attempt, status=error.status, error=error.message, after_first_byte=sink.started,
+        )
         await _fail(nc, sink, env, data, error)
     _report(binding, env, attempt_id, started, sink, usage, error)
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from libs.common import tracing
 from libs.common.config import ProviderConfig
 from libs.common.errors import GatewayTimeout, UpstreamError
 
@@ -43,6 +44,10 @@ class Upstream:
         return UpstreamError(f"cannot reach provider {pid!r}: {type(e).__name__}: {e}", provider=pid)
 
     async def fetch(self, call: HttpCall) -> HttpResponse:
+        with tracing.span(f"upstream {call.method}", tracing.CLIENT, None, **{"http.url": call.url}):
+            return await self._fetch(call)
+
+    async def _fetch(self, call: HttpCall) -> HttpResponse:
         try:
             async with self.session.request(call.method, call.url, data=call.body, headers=call.headers) as resp:
                 body = await resp.read()
@@ -53,6 +58,11 @@ class Upstream:
         return HttpResponse(resp.status, resp.headers, body)
 
     async def events(self, call: HttpCall) -> AsyncIterator[tuple[str, bytes]]:
+        with tracing.span(f"upstream {call.method} (stream)", tracing.CLIENT, None, **{"http.url": call.url}):
+            async for ev in self._events(call):
+                yield ev
+
+    async def _events(self, call: HttpCall) -> AsyncIterator[tuple[str, bytes]]:
         try:
             resp = await self.session.request(call.method, call.url, data=call.body, headers=call.headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
