@@ -53,7 +53,20 @@ def _p(name: str, **kw: object) -> Profile:
     return Profile(name=name, **kw)  # type: ignore[arg-type]
 
 
-_SAMPLING_EXTRAS = frozenset({"logit_bias", "logprobs", "top_logprobs", "n"})
+# OpenAI request fields no native protocol has an equivalent for.
+_OPENAI_ONLY = frozenset(
+    {
+        "store",
+        "metadata",
+        "service_tier",
+        "modalities",
+        "audio",
+        "prediction",
+        "web_search_options",
+        "verbosity",
+        "prompt_cache_key",
+    }
+)
 
 PRESETS: dict[str, Profile] = {
     p.name: p
@@ -87,7 +100,10 @@ PRESETS: dict[str, Profile] = {
             base_url="https://api.mistral.ai/v1",
             unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "seed"}),
             embeddings=True,
-            extensions={"safe_prompt": "Mistral: inject the safety system prompt", "random_seed": "Mistral seed"},
+            extensions={
+                "safe_prompt": "Mistral: inject the safety system prompt",
+                "random_seed": "Mistral seed",
+            },
         ),
         _p(
             "deepseek",
@@ -111,7 +127,18 @@ PRESETS: dict[str, Profile] = {
         _p(
             "perplexity",
             base_url="https://api.perplexity.ai",
-            unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "n", "seed", "tools", "tool_choice", "parallel_tool_calls"}),
+            unsupported=frozenset(
+                {
+                    "logit_bias",
+                    "logprobs",
+                    "top_logprobs",
+                    "n",
+                    "seed",
+                    "tools",
+                    "tool_choice",
+                    "parallel_tool_calls",
+                }
+            ),
             tools=False,
             tool_choice=False,
             vision=False,
@@ -141,7 +168,16 @@ PRESETS: dict[str, Profile] = {
             unsupported=frozenset({"logit_bias"}),
             embeddings=True,
         ),
-        _p("modal-vllm", embeddings=True, completions=True, extensions={"top_k": "vLLM sampling", "min_p": "vLLM sampling", "repetition_penalty": "vLLM sampling"}),
+        _p(
+            "modal-vllm",
+            embeddings=True,
+            completions=True,
+            extensions={
+                "top_k": "vLLM sampling",
+                "min_p": "vLLM sampling",
+                "repetition_penalty": "vLLM sampling",
+            },
+        ),
         # Local servers
         _p(
             "ollama",
@@ -206,7 +242,9 @@ PRESETS: dict[str, Profile] = {
             "textgen-webui",
             base_url="http://127.0.0.1:5000/v1",
             auth="none",
-            unsupported=frozenset({"logit_bias", "n", "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs"}),
+            unsupported=frozenset(
+                {"logit_bias", "n", "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs"}
+            ),
             tools=False,
             tool_choice=False,
             vision=False,
@@ -225,7 +263,11 @@ PRESETS: dict[str, Profile] = {
             embeddings=True,
             completions=True,
             local=True,
-            extensions={"top_k": "llama.cpp sampling", "min_p": "llama.cpp sampling", "grammar": "llama.cpp GBNF grammar"},
+            extensions={
+                "top_k": "llama.cpp sampling",
+                "min_p": "llama.cpp sampling",
+                "grammar": "llama.cpp GBNF grammar",
+            },
         ),
         # Native protocols
         _p(
@@ -233,7 +275,17 @@ PRESETS: dict[str, Profile] = {
             kind="anthropic",
             base_url="https://api.anthropic.com",
             auth="x-api-key",
-            unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "n", "seed", "frequency_penalty", "presence_penalty"}),
+            unsupported=_OPENAI_ONLY
+            | {
+                "logit_bias",
+                "logprobs",
+                "top_logprobs",
+                "n",
+                "seed",
+                "frequency_penalty",
+                "presence_penalty",
+                "reasoning_effort",
+            },
             max_n=1,
             context_window=200_000,
             max_output_tokens=4096,
@@ -244,7 +296,7 @@ PRESETS: dict[str, Profile] = {
             kind="gemini",
             base_url="https://generativelanguage.googleapis.com/v1beta",
             auth="x-goog-api-key",
-            unsupported=frozenset({"logit_bias"}),
+            unsupported=_OPENAI_ONLY | {"logit_bias"},
             max_n=8,
             max_stop=5,
             embeddings=True,
@@ -255,19 +307,36 @@ PRESETS: dict[str, Profile] = {
             "cohere",
             kind="cohere",
             base_url="https://api.cohere.com",
-            unsupported=frozenset({"logit_bias", "n", "top_logprobs", "parallel_tool_calls"}),
+            unsupported=_OPENAI_ONLY
+            | {"logit_bias", "n", "top_logprobs", "parallel_tool_calls", "reasoning_effort"},
             max_n=1,
             max_stop=5,
             embeddings=True,
             context_window=128_000,
-            extensions={"documents": "Cohere RAG documents", "safety_mode": "Cohere safety mode", "top_k": "Cohere k"},
+            extensions={
+                "documents": "Cohere RAG documents",
+                "safety_mode": "Cohere safety mode",
+                "top_k": "Cohere k",
+            },
         ),
         _p(
             "replicate",
             kind="replicate",
             base_url="https://api.replicate.com/v1",
             auth="bearer",
-            unsupported=frozenset({"logit_bias", "logprobs", "top_logprobs", "n", "tools", "tool_choice", "parallel_tool_calls", "response_format"}),
+            unsupported=_OPENAI_ONLY
+            | {
+                "logit_bias",
+                "logprobs",
+                "top_logprobs",
+                "n",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "response_format",
+                "reasoning_effort",
+                "seed",
+            },
             tools=False,
             tool_choice=False,
             vision=False,
@@ -275,7 +344,15 @@ PRESETS: dict[str, Profile] = {
             max_n=1,
             models_endpoint="",
         ),
-        _p("sim", kind="sim", auth="none", embeddings=True, completions=True, context_window=32_768, models_endpoint=""),
+        _p(
+            "sim",
+            kind="sim",
+            auth="none",
+            embeddings=True,
+            completions=True,
+            context_window=32_768,
+            models_endpoint="",
+        ),
     ]
 }
 
