@@ -9,7 +9,9 @@ import pytest
 
 from libs.common.config import ProviderConfig
 from libs.common.errors import (
+    GatewayTimeout,
     InvalidRequest,
+    Overloaded,
     RateLimited,
     SwitchmanError,
     UpstreamAuthError,
@@ -273,7 +275,8 @@ def problem(status: int, detail: str = "details here") -> bytes:
         (422, UpstreamRejected, False),
         (429, RateLimited, True),
         (500, UpstreamError, True),
-        (503, UpstreamError, True),
+        (503, Overloaded, True),
+        (504, GatewayTimeout, True),
     ],
 )
 def test_error_mapping(status, cls, retryable):

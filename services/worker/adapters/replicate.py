@@ -43,7 +43,6 @@ import msgspec
 
 from libs.common.errors import (
     InvalidRequest,
-    RateLimited,
     SwitchmanError,
     UpstreamError,
     UpstreamRejected,
@@ -314,11 +313,9 @@ class ReplicateProtocol(Protocol):
         msg = _problem(body) or f"HTTP {status}"
         if status == 422:
             return UpstreamRejected(400, f"provider {pid!r} rejected the input: {msg}", provider=pid)
-        if status == 429:
-            return RateLimited(msg, retry_after=retry_after(headers), provider=pid)
-        if status >= 500 or status == 402:  # 402: the account's spend limit; another provider may serve
+        if status == 402:  # the account's spend limit: another provider may serve
             return UpstreamError(f"provider {pid!r} failed ({status}): {msg}", provider=pid)
-        return upstream_status_error(status, msg, provider=pid)
+        return upstream_status_error(status, msg, provider=pid, retry_after=retry_after(headers))
 
     # -- the flow -------------------------------------------------------------------------
     async def run(
