@@ -308,6 +308,8 @@ def decode(op: str, body: bytes) -> Any:
         req = DECODERS[op].decode(body)
     except msgspec.DecodeError as e:
         raise invalid(e) from None
+    except RecursionError:
+        raise InvalidRequest("The JSON body is nested too deeply.", code="invalid_json") from None
     if op == "chat":
         check_chat(req)
     elif op == "completions":

@@ -39,13 +39,13 @@ class Route:
     reason: str = ""
     plan_size: int = 0
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, failed: bool = False) -> dict[str, str]:
         h = {"x-request-id": self.request_id}
         if self.provider:
             h["x-switchman-provider"] = self.provider
             h["x-switchman-attempts"] = str(self.attempts)
             h["x-switchman-route-reason"] = self.reason
-        if self.attempts > 1 and self.attempts >= self.plan_size:
+        if failed and self.attempts > 1 and self.attempts >= self.plan_size:
             # The gateway already tried every candidate: the SDK should not retry again.
             h["x-should-retry"] = "false"
         return h

@@ -113,21 +113,30 @@ class Ingress(Service):
         try:
             return await handler(request)
         except SwitchmanError as e:
-            return error_response(e, {"x-request-id": request.get(REQUEST_ID, "")})
+            return error_response(e, self._rid(request))
         except web.HTTPRequestEntityTooLarge:
             return error_response(PayloadTooLarge(
-                f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."))
+                f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."), self._rid(request))
         except web.HTTPNotFound:
-            return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"))
-        except web.HTTPMethodNotAllowed:
-            return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."))
+            return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"), self._rid(request))
+        except web.HTTPMethodNotAllowed as e:
+            headers = {**self._rid(request), "Allow": ", ".join(sorted(e.allowed_methods))}
+            return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."),
+                                  headers)
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except web.HTTPException:
             raise
         except Exception:
             self.log.exception("unhandled", path=request.path, request_id=request.get(REQUEST_ID, ""))
-            return error_response(InternalError("The gateway failed to handle the request."))
+            return error_response(InternalError("The gateway failed to handle the request."), self._rid(request))
+
+    @staticmethod
+    def _rid(request: web.Request) -> dict[str, str]:
+        rid = request.get(REQUEST_ID) or request.headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = "req_" + os.urandom(12).hex()
+        return {"x-request-id": rid}
 
     # -- auth ---------------------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> KeyConfig | None:
@@ -192,7 +201,7 @@ class Ingress(Service):
             return await relay.response()
         except SwitchmanError as e:
             await call.cancel_upstream()
-            return error_response(e, relay.route.headers())
+            return error_response(e, relay.route.headers(failed=True))
         except (asyncio.CancelledError, ConnectionResetError):
             # The client went away: stop the upstream call too.
             with contextlib.suppress(Exception):

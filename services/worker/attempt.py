@@ -128,7 +128,7 @@ async def execute(
 async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSink) -> Usage | None:
     try:
         req: dict[str, Any] = _decode_body(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         raise InvalidRequest("the request body is not a JSON object") from None
     fit(req, binding.profile, binding.provider.id, binding.provider.drop_params)
     coro = binding.protocol.run(binding.upstream, sink, env.op, req, target(env).model, env.stream)

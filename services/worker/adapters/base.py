@@ -145,13 +145,14 @@ class Protocol:
                 self.completions_response,
                 self.completions_stream,
             )
+        # Read before build(): a protocol may rewrite stream_options for its own needs.
+        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         call = build(req, model, stream)
         if not stream:
             resp = await http.fetch(call)
             out = parse(resp.body, model)
             await sink.result(out.body)
             return out.usage
-        include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         translator = streamer(model, include_usage)
         async with contextlib.aclosing(http.events(call)) as events:  # type: ignore[type-var]
             async for event, data in events:

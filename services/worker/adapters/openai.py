@@ -18,7 +18,7 @@ import msgspec
 
 from libs.common.errors import SwitchmanError, UpstreamError, upstream_status_error
 
-from ..chunks import ChunkWriter, Usage
+from ..chunks import Usage, new_id, now
 from .base import HttpCall, Protocol, StreamTranslator, Translated, retry_after
 
 _enc = msgspec.json.Encoder()
@@ -41,6 +41,8 @@ class _StreamChunk(msgspec.Struct):
     error: Any = None
     model: str = ""
     id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
 
 
 class _Err(msgspec.Struct):
@@ -188,7 +190,7 @@ def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]
 class PassthroughStream(StreamTranslator):
     """Forward OpenAI chunks as they are; watch for usage, errors and the end."""
 
-    __slots__ = ("provider", "include_usage", "usage", "done", "_pieces", "_model", "_sent_usage")
+    __slots__ = ("provider", "include_usage", "usage", "done", "_pieces", "_model", "_sent_usage", "_first")
 
     def __init__(self, provider: str, model: str, include_usage: bool) -> None:
         self.provider = provider
@@ -198,6 +200,7 @@ class PassthroughStream(StreamTranslator):
         self._pieces = 0
         self._model = model
         self._sent_usage = False
+        self._first: _StreamChunk | None = None  # id/created/model for a synthesized usage chunk
 
     def feed(self, event: str, data: bytes) -> list[bytes]:
         if data == b"[DONE]":
@@ -207,14 +210,21 @@ class PassthroughStream(StreamTranslator):
             return []
         if b'"usage"' in data or b'"error"' in data:
             return self._inspect(data)
+        if self._first is None and self.include_usage:
+            self._first = self._decode(data)
         self._pieces += 1  # about one token per chunk: the estimate for a synthesized usage
         return [data]
 
-    def _inspect(self, data: bytes) -> list[bytes]:
+    def _decode(self, data: bytes) -> _StreamChunk:
         try:
-            chunk = _chunk_dec.decode(data)
+            return _chunk_dec.decode(data)
         except msgspec.DecodeError:
             raise UpstreamError(f"provider {self.provider!r} sent an invalid stream chunk", provider=self.provider) from None
+
+    def _inspect(self, data: bytes) -> list[bytes]:
+        chunk = self._decode(data)
+        if self._first is None:
+            self._first = chunk
         if chunk.error is not None:
             err = chunk.error if isinstance(chunk.error, dict) else {"message": str(chunk.error)}
             raise UpstreamError(
@@ -235,5 +245,7 @@ class PassthroughStream(StreamTranslator):
         if self.include_usage and not self._sent_usage:
             if self.usage is None:
                 self.usage = Usage(completion_tokens=self._pieces)
-            return [ChunkWriter(self._model, include_usage=True).usage(self.usage)]
+            first = self._first or _StreamChunk(id=new_id(), created=now(), model=self._model)
+            return [_enc.encode({"id": first.id, "object": first.object, "created": first.created,
+                                 "model": first.model, "choices": [], "usage": self.usage.to_openai()})]
         return []
