@@ -261,12 +261,10 @@ def test_usage_synthesized_when_asked_and_upstream_sent_none():
     ]
     out = run_stream(s, [*pieces, b"[DONE]"])
     assert out[:4] == pieces and len(out) == 5
-    last = json.loads(out[4])
-    assert (
-        last["choices"] == []
-        and last["object"] == "chat.completion.chunk"
-        and last["model"] == "served-model"
-    )
+    last, first = json.loads(out[4]), json.loads(pieces[0])
+    # The synthesized usage chunk belongs to the stream: same id, created and model.
+    assert last["choices"] == [] and last["object"] == "chat.completion.chunk"
+    assert (last["id"], last["created"], last["model"]) == (first["id"], first["created"], first["model"])
     assert (
         last["usage"]["completion_tokens"] == 4
         and last["usage"]["total_tokens"] == last["usage"]["prompt_tokens"] + 4
