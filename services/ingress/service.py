@@ -133,7 +133,7 @@ class Ingress(Service):
 
     @staticmethod
     def _rid(request: web.Request) -> dict[str, str]:
-        rid = request.get(REQUEST_ID) or request.headers.get("x-request-id", "")
+        rid: str = request.get(REQUEST_ID) or request.headers.get("x-request-id") or ""
         if not _REQUEST_ID.match(rid):
             rid = "req_" + os.urandom(12).hex()
         return {"x-request-id": rid}
