@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests import natsutil  # noqa: E402
+from tests.emulators.openai_upstream import UpstreamState, running  # noqa: E402
 
 
 def _start_nats(store_dir: Path) -> natsutil.NatsServer | natsutil.DockerNatsServer:
@@ -39,3 +40,11 @@ def nats_server_fn(tmp_path: Path) -> Iterator[natsutil.NatsServer | natsutil.Do
     srv = _start_nats(tmp_path / "nats")
     yield srv
     natsutil.shutdown(srv)
+
+
+@pytest.fixture
+async def upstream():
+    """A strict OpenAI emulator (key ``sk-test``): yields (state, base URL ending in /v1)."""
+    state = UpstreamState(api_key="sk-test")
+    async with running(state) as base_url:
+        yield state, base_url

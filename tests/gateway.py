@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import openai
 import yaml
+from aiohttp import web
 
 from libs.common import config as config_mod
 from libs.common.config import Config
@@ -116,6 +117,20 @@ async def _wait_routable(services: dict[str, Any]) -> None:
         ):
             return
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve an ad-hoc aiohttp app on a free port: yields its base URL ending in /v1."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

@@ -8,19 +8,11 @@ import time
 import openai
 import pytest
 
-from tests.emulators.openai_upstream import UpstreamState, running
 from tests.gateway import Proc, config_dict, openai_provider, service_cmd, wait_http, wait_model, write_config
 
 pytestmark = pytest.mark.e2e
 
 IDLE_TIMEOUT = 2.0
-
-
-@pytest.fixture
-async def upstream():
-    state = UpstreamState(api_key="sk-test")
-    async with running(state) as base_url:
-        yield state, base_url
 
 
 class Cluster:

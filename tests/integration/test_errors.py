@@ -19,8 +19,8 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.emulators.openai_upstream import UpstreamState, running
-from tests.gateway import Gateway, config, in_process, openai_provider
+from tests.emulators.openai_upstream import UpstreamState
+from tests.gateway import Gateway, config, in_process, openai_provider, serving
 from tests.schema import validate
 
 MODEL = "gpt-4o-mini"
@@ -29,13 +29,6 @@ SERVICES_WITHOUT_WORKER = ("ledger", "health", "router", "ingress")
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[UpstreamState, str]]:
-    state = UpstreamState(api_key="sk-test")
-    async with running(state) as base_url:
-        yield state, base_url
 
 
 @pytest.fixture
@@ -717,15 +710,8 @@ async def odd_upstream(status: int, body: bytes, content_type: str) -> AsyncIter
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.emulators.openai_upstream import UpstreamState, running
+from tests.emulators.openai_upstream import UpstreamState
 from tests.gateway import Gateway, config, in_process, openai_provider
 from tests.schema import assert_no_unknown_top_level, validate, validate_sse_chunks
 
@@ -58,13 +58,6 @@ PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[UpstreamState, str]]:
-    state = UpstreamState(api_key="sk-test")
-    async with running(state) as base_url:
-        yield state, base_url
 
 
 @pytest.fixture

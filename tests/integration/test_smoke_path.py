@@ -5,16 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.emulators.openai_upstream import UpstreamState, running
 from tests.gateway import config, in_process, openai_provider
 from tests.schema import validate, validate_sse_chunks
-
-
-@pytest.fixture
-async def upstream():
-    state = UpstreamState(api_key="sk-test")
-    async with running(state) as base_url:
-        yield state, base_url
 
 
 async def test_chat_stream_and_failover(nats_server, upstream):

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from tests.emulators.openai_upstream import UpstreamState, running
-from tests.gateway import Gateway, config, in_process, openai_provider
+from tests.gateway import Gateway, config, in_process, openai_provider, serving
 from tests.schema import validate, validate_sse_chunks
 
 MODEL = "gpt-4o-mini"
@@ -154,15 +154,8 @@ class Scripted:
 async def scripted_upstream(script: Scripted) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", script.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield base
 
 
 def sse_chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
