@@ -187,6 +187,12 @@ def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None]
     return e.message or "", e.type, e.param, None if code is None else str(code)
 
 
+def _carries_usage(data: bytes) -> bool:
+    """Does a chunk carry a usage object? (``"usage":null`` rides on every chunk once asked.)"""
+    at = data.find(b'"usage"')
+    return at >= 0 and not data[at + 7 : at + 16].lstrip(b" :").startswith(b"null")
+
+
 class PassthroughStream(StreamTranslator):
     """Forward OpenAI chunks as they are; watch for usage, errors and the end."""
 
@@ -208,7 +214,7 @@ class PassthroughStream(StreamTranslator):
             return []
         if not data or data[0] != 123:  # not a JSON object: keep-alive noise
             return []
-        if b'"usage"' in data or b'"error"' in data:
+        if _carries_usage(data) or b'"error"' in data:
             return self._inspect(data)
         if self._first is None and self.include_usage:
             self._first = self._decode(data)
