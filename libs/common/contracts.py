@@ -9,7 +9,8 @@ kind   payload
 ``A``  :class:`Ack` (JSON) — a worker took the request
 ``M``  :class:`Moved` (JSON) — an attempt failed before its first byte; the next
        candidate of the plan has it now
-``C``  one OpenAI stream chunk, ready-to-send JSON bytes
+``C``  OpenAI stream chunks, ready-to-send one-line JSON, newline-separated (what
+       one upstream read produced travels as one frame)
 ``R``  the complete OpenAI response body (non-stream)
 ``D``  :class:`Done` (JSON) — the stream ended cleanly
 ``E``  :class:`~libs.common.errors.ErrorFrame` (JSON) — the request failed

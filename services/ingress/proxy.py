@@ -114,12 +114,13 @@ class Relay:
             raise _terminal(kind, payload)
         resp = web.StreamResponse(headers={**_SSE_HEADERS, **self.route.headers()})
         await resp.prepare(request)
-        out = [b"data: ", payload, b"\n\n"]
+        out: list[bytes] = []
+        _frame_sse(out, payload)
         frames = self.call.frames
         while True:
             # Everything already queued goes out in one write.
             while frames and frames[0][0] == contracts.CHUNK:
-                out += (b"data: ", frames.popleft()[1:], b"\n\n")
+                _frame_sse(out, frames.popleft()[1:])
             await resp.write(b"".join(out))
             out = []
             try:
@@ -128,7 +129,7 @@ class Relay:
                 await self._end_with_error(resp, e)
                 return resp
             if kind == contracts.CHUNK:
-                out = [b"data: ", payload, b"\n\n"]
+                _frame_sse(out, payload)
             elif kind == contracts.DONE:
                 await resp.write(_DONE)
                 await resp.write_eof()
@@ -141,6 +142,15 @@ class Relay:
         await self.call.cancel_upstream()
         await resp.write(error_event(err))
         await resp.write_eof()
+
+
+def _frame_sse(out: list[bytes], payload: bytes) -> None:
+    """SSE events for one ``C`` frame, which holds one or more newline-separated chunks."""
+    if b"\n" not in payload:
+        out += (b"data: ", payload, b"\n\n")
+    else:
+        for chunk in payload.split(b"\n"):
+            out += (b"data: ", chunk, b"\n\n")
 
 
 def _terminal(kind: int, payload: bytes) -> SwitchmanError:

@@ -68,9 +68,10 @@ class InboxSink:
             self.first_at = now
         self.last_at = now
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, *pieces: bytes) -> None:
+        """One ``C`` frame for all ``pieces`` (newline-separated: chunks are one-line JSON)."""
         self._mark()
-        await self._send(b"C" + data)
+        await self._send(b"C" + (pieces[0] if len(pieces) == 1 else b"\n".join(pieces)))
 
     async def result(self, body: bytes) -> None:
         self._mark()

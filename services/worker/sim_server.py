@@ -31,12 +31,12 @@ class _HttpSink:
         self.body: bytes | None = None
         self.started = False
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, *pieces: bytes) -> None:
         if self.resp is None:
             self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await self.resp.prepare(self.request)
         self.started = True
-        await self.resp.write(b"data: " + data + b"\n\n")
+        await self.resp.write(b"".join(b"data: " + p + b"\n\n" for p in pieces))
 
     async def result(self, body: bytes) -> None:
         self.started = True

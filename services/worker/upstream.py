@@ -57,12 +57,12 @@ class Upstream:
             raise self.protocol.error(resp.status, body, resp.headers)
         return HttpResponse(resp.status, resp.headers, body)
 
-    async def events(self, call: HttpCall) -> AsyncIterator[tuple[str, bytes]]:
+    async def events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
         with tracing.span(f"upstream {call.method} (stream)", tracing.CLIENT, None, **{"http.url": call.url}):
-            async for ev in self._events(call):
-                yield ev
+            async for batch in self._events(call):
+                yield batch
 
-    async def _events(self, call: HttpCall) -> AsyncIterator[tuple[str, bytes]]:
+    async def _events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
         try:
             resp = await self.session.request(call.method, call.url, data=call.body, headers=call.headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
@@ -74,15 +74,17 @@ class Upstream:
             parser = SSEParser()
             try:
                 async for data in resp.content.iter_any():
-                    for ev in parser.feed(data):
-                        yield ev
+                    batch = parser.feed(data)
+                    if batch:
+                        yield batch
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 raise UpstreamError(
                     f"stream from provider {self.provider.id!r} broke: {type(e).__name__}",
                     provider=self.provider.id,
                 ) from None
-            for ev in parser.flush():
-                yield ev
+            tail = parser.flush()
+            if tail:
+                yield tail
         finally:
             if resp.content.at_eof():
                 resp.release()  # back to the pool

@@ -842,9 +842,9 @@ class Sink:
         self.chunks: list[dict[str, Any]] = []
         self.body: dict[str, Any] | None = None
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, *pieces: bytes) -> None:
         self.started = True
-        self.chunks.append(json.loads(data))
+        self.chunks.extend(json.loads(p) for p in pieces)
 
     async def result(self, body: bytes) -> None:
         self.started = True

@@ -320,10 +320,10 @@ class FakeHttp:
             raise self.final
         return HttpResponse(200, {}, json.dumps(self.final).encode())
 
-    async def events(self, call: HttpCall) -> AsyncIterator[tuple[str, bytes]]:
+    async def events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
         self.calls.append(call)
         for ev in self.events_:
-            yield ev
+            yield [ev]
 
 
 class Sink:
@@ -332,9 +332,9 @@ class Sink:
         self.chunks: list[bytes] = []
         self.body: bytes | None = None
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, *pieces: bytes) -> None:
         self.started = True
-        self.chunks.append(data)
+        self.chunks.extend(pieces)
 
     async def result(self, body: bytes) -> None:
         self.started = True

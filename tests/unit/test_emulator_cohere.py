@@ -231,7 +231,7 @@ class AioHttp:
             raise self.protocol.error(r.status, body, r.headers)
         return HttpResponse(r.status, r.headers, body)
 
-    async def events(self, call: HttpCall) -> AsyncIterator[tuple[str, bytes]]:
+    async def events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
         async with aiohttp.ClientSession() as s:
             async with s.request(call.method, call.url, data=call.body, headers=call.headers) as r:
                 if r.status >= 400:
@@ -241,7 +241,7 @@ class AioHttp:
                     line = raw.rstrip(b"\r\n")
                     if not line:
                         if data or event:
-                            yield event, b"\n".join(data)
+                            yield [(event, b"\n".join(data))]
                         event, data = "", []
                     elif not line.startswith(b":"):
                         name, _, value = line.partition(b":")
@@ -256,9 +256,9 @@ class Sink:
     def __init__(self) -> None:
         self.started, self.chunks, self.body = False, [], None
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, *pieces: bytes) -> None:
         self.started = True
-        self.chunks.append(json.loads(data))
+        self.chunks.extend(json.loads(p) for p in pieces)
 
     async def result(self, body: bytes) -> None:
         self.started = True

@@ -34,9 +34,9 @@ class Sink:
         self.chunks: list[bytes] = []
         self.results: list[bytes] = []
 
-    async def chunk(self, data: bytes) -> None:
+    async def chunk(self, *pieces: bytes) -> None:
         self.started = True
-        self.chunks.append(data)
+        self.chunks.extend(pieces)
 
     async def result(self, body: bytes) -> None:
         self.started = True

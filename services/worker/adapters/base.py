@@ -93,8 +93,9 @@ class Http(_Interface):
         """Send ``call``; a status >= 400 raises ``protocol.error(status, body, headers)``."""
         ...
 
-    def events(self, call: HttpCall) -> AsyncIterator[tuple[str, bytes]]:
-        """Send ``call`` and yield its SSE events as (event name or "", data).
+    def events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Send ``call`` and yield its SSE events as (event name or "", data), in batches:
+        every event that one network read completed, so their chunks travel together.
 
         An error status raises ``protocol.error(...)`` before the first event.
         """
@@ -106,7 +107,9 @@ class Sink(_Interface):
 
     started: bool
 
-    async def chunk(self, data: bytes) -> None: ...
+    async def chunk(self, *pieces: bytes) -> None:
+        """Send stream chunks; the ones given together may travel in one frame."""
+        ...
 
     async def result(self, body: bytes) -> None: ...
 
@@ -154,14 +157,22 @@ class Protocol:
             await sink.result(out.body)
             return out.usage
         translator = streamer(model, include_usage)
-        async with contextlib.aclosing(http.events(call)) as events:  # type: ignore[type-var]
-            async for event, data in events:
-                for piece in translator.feed(event, data):
-                    await sink.chunk(piece)
+        async with contextlib.aclosing(http.events(call)) as batches:  # type: ignore[type-var]
+            async for batch in batches:
+                pieces: list[bytes] = []
+                try:
+                    for event, data in batch:
+                        pieces += translator.feed(event, data)
+                        if translator.done:
+                            break
+                finally:  # what came before an in-stream error still reaches the client, first
+                    if pieces:
+                        await sink.chunk(*pieces)
                 if translator.done:
                     break
-        for piece in translator.close():
-            await sink.chunk(piece)
+        tail = translator.close()
+        if tail:
+            await sink.chunk(*tail)
         return translator.usage
 
     # -- chat -------------------------------------------------------------------

@@ -214,6 +214,8 @@ class PassthroughStream(StreamTranslator):
             return []
         if not data or data[0] != 123:  # not a JSON object: keep-alive noise
             return []
+        if b"\n" in data:  # a multi-line SSE data field: JSON whitespace, never inside strings
+            data = data.replace(b"\n", b" ")
         if _carries_usage(data) or b'"error"' in data:
             return self._inspect(data)
         if self._first is None and self.include_usage:

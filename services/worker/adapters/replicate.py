@@ -332,9 +332,16 @@ class ReplicateProtocol(Protocol):
             raise UpstreamError(
                 f"provider {tr.provider!r}: model {model!r} does not stream", provider=tr.provider
             )
-        async for event, data in http.events(self.stream_call(urls.stream)):
-            for piece in tr.feed(event, data):
-                await sink.chunk(piece)
+        async for batch in http.events(self.stream_call(urls.stream)):
+            out: list[bytes] = []
+            try:
+                for event, data in batch:
+                    out += tr.feed(event, data)
+                    if tr.done:
+                        break
+            finally:  # what came before an in-stream error still reaches the client, first
+                if out:
+                    await sink.chunk(*out)
             if tr.done:
                 break
         if not tr.done:  # cut before `done`: stop the (billed) prediction, then fail

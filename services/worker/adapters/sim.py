@@ -146,15 +146,14 @@ class SimProtocol(Protocol):
     async def _pace(self, sink: Sink, chunks: list[bytes]) -> None:
         rate = self.settings.tokens_per_s
         if rate <= 0:
-            for c in chunks:
-                await sink.chunk(c)
+            if chunks:
+                await sink.chunk(*chunks)
             return
-        # Sleep in steps of ~10 ms rather than per token.
+        # Tokens go out in steps of ~10 ms (one frame each) rather than one by one.
         step = max(1, int(rate / 100))
-        for i, c in enumerate(chunks):
-            await sink.chunk(c)
-            if (i + 1) % step == 0:
-                await asyncio.sleep(step / rate)
+        for i in range(0, len(chunks), step):
+            await sink.chunk(*chunks[i : i + step])
+            await asyncio.sleep(step / rate)
 
     async def _completion(self, sink: Sink, req: dict[str, Any], model: str, stream: bool,
                           toks: list[str], finish: str, usage: Usage) -> Usage:
