@@ -15,9 +15,6 @@ kind   payload
 ``D``  :class:`Done` (JSON) — the stream ended cleanly
 ``E``  :class:`~libs.common.errors.ErrorFrame` (JSON) — the request failed
 ``K``  empty — keep-alive while the upstream is silent
-``a``  :class:`Ack` (JSON), ``\n``, then another frame — an ack that rides on the
-       request's first frame (workers delay a standalone ack by a few ms, so a
-       fast request costs one message less)
 =====  =============================================================================
 
 Exactly one terminal frame (``R``, ``D`` or ``E``) ends every request.
@@ -158,7 +155,6 @@ class Catalog(_Msg, frozen=True):
 
 # -- frames ---------------------------------------------------------------------------
 ACK = ord("A")
-ACK_WITH = ord("a")
 MOVED = ord("M")
 CHUNK = ord("C")
 RESULT = ord("R")
@@ -184,6 +180,10 @@ KEEPALIVE_FRAME = b"K"
 
 def frame(kind: int, payload: bytes) -> bytes:
     return bytes((kind,)) + payload
+
+
+def ack_frame(ack: Ack) -> bytes:
+    return b"A" + encode(ack)
 
 
 def error_frame(err: ErrorFrame) -> bytes:

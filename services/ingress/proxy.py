@@ -82,11 +82,6 @@ class Relay:
                 what = "worker" if self.route.attempts or self.acked else "router or worker"
                 raise NoProvider(f"no {what} is serving this request right now")
             kind = data[0]
-            if kind == contracts.ACK_WITH:  # an ack riding on the first frame
-                cut = data.index(b"\n")
-                self._ack(data[1:cut])
-                data = data[cut + 1 :]
-                kind = data[0]
             if kind == contracts.ACK:
                 self._ack(data[1:])
             elif kind == contracts.MOVED:

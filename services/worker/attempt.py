@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from libs.common import contracts, subjects, tracing
-from libs.common.contracts import Ack, AttemptEvent, Candidate, Done, Envelope, Moved, UsageRecord
+from libs.common.contracts import AttemptEvent, Candidate, Done, Envelope, Moved, UsageRecord
 from libs.common.errors import GatewayTimeout, InternalError, InvalidRequest, SwitchmanError, UpstreamError
 
 from .chunks import Usage
@@ -33,32 +33,18 @@ _decode_body = msgspec.json.Decoder(dict).decode
 
 
 class InboxSink:
-    """Frames to the client's reply inbox; remembers when the first byte went out.
+    """Frames to the client's reply inbox; remembers when the first byte went out."""
 
-    The ack is held back for ``ack_delay`` seconds: when the first frame is ready
-    sooner it carries the ack (an ``a`` frame), otherwise the ack goes alone.
-    """
+    __slots__ = ("nc", "reply", "started", "first_at", "last_at")
 
-    __slots__ = ("nc", "reply", "started", "first_at", "last_at", "_ack", "_timer")
-
-    def __init__(self, nc: NATS, reply: str, ack: Ack, ack_delay: float) -> None:
+    def __init__(self, nc: NATS, reply: str) -> None:
         self.nc = nc
         self.reply = reply
         self.started = False
         self.first_at = 0.0
         self.last_at = time.monotonic()
-        self._ack: bytes | None = contracts.encode(ack)
-        self._timer = asyncio.get_running_loop().call_later(ack_delay, self._ack_alone)
-
-    def _ack_alone(self) -> None:
-        if self._ack is not None:
-            data, self._ack = b"A" + self._ack, None
-            asyncio.ensure_future(self.nc.publish(self.reply, data))
 
     async def _send(self, data: bytes) -> None:
-        if self._ack is not None:
-            self._timer.cancel()
-            data, self._ack = b"a" + self._ack + b"\n" + data, None
         await self.nc.publish(self.reply, data)
 
     def _mark(self) -> None:
@@ -81,8 +67,6 @@ class InboxSink:
         self.last_at = time.monotonic()
         await self._send(data)
 
-    def close(self) -> None:
-        self._timer.cancel()
 
 
 def target(env: Envelope) -> Candidate:

@@ -70,8 +70,6 @@ class Worker(Service):
         self.configured = [p for p in registry.providers(cfg, environ()) if wanted is None or p.id in wanted]
         self.bindings: dict[str, Binding] = {}
         self.tasks = Tasks(cfg.limits.max_in_flight)
-        # A standalone ack waits this long for the first frame to ride on.
-        self.ack_delay = min(cfg.limits.ack_timeout_s / 4, 0.05)
         self.active: dict[str, tuple[asyncio.Task[Any], InboxSink]] = {}
         self.subs: list[Any] = []
         self.loops: list[asyncio.Task[Any]] = []
@@ -136,7 +134,8 @@ class Worker(Service):
             return
         ack = Ack(provider=cand.provider, model=cand.model, attempt=env.attempt, worker=self.id,
                   reason=env.reason, plan_size=len(env.plan))
-        sink = InboxSink(nc, reply, ack, self.ack_delay)
+        await nc.publish(reply, contracts.ack_frame(ack))
+        sink = InboxSink(nc, reply)
         if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
             err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
             await sink.frame(contracts.error_frame(err.frame()))
@@ -149,7 +148,6 @@ class Worker(Service):
         try:
             await execute(self.nc, binding, env, data, body, trace, sink)
         finally:
-            sink.close()
             self.active.pop(sink.reply, None)
 
     async def on_cancel(self, msg: Msg) -> None:

@@ -724,10 +724,8 @@ class BusWatch:
 
         async def on_frame(msg: Any) -> None:
             data = msg.data
-            if data[:1] == b"A":  # a standalone ack
+            if data[:1] == b"A":  # the worker's ack names the worker
                 self.acks.append(contracts.ack_decoder.decode(data[1:]).worker)
-            elif data[:1] == b"a":  # an ack riding on the first frame: a<ack JSON>\n<frame>
-                self.acks.append(contracts.ack_decoder.decode(data[1 : data.index(b"\n")]).worker)
 
         async def on_heartbeat(msg: Any) -> None:
             self.heartbeats.add(contracts.heartbeat_decoder.decode(msg.data).worker)
