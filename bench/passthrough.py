@@ -27,8 +27,9 @@ def make_app(upstream: str) -> web.Application:
 
     async def forward(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        async with state["s"].post(upstream + request.path, data=body,
-                                   headers={"Content-Type": "application/json"}) as r:
+        async with state["s"].post(
+            upstream + request.path, data=body, headers={"Content-Type": "application/json"}
+        ) as r:
             ctype = r.headers.get("Content-Type", "application/json")
             if not ctype.startswith("text/event-stream"):
                 return web.Response(body=await r.read(), status=r.status, content_type=ctype.split(";")[0])

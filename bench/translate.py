@@ -25,6 +25,8 @@ timed. Shared per-request costs of the request path (ingress validation, the
 worker's decode and parameter fit) are shown for context. Targets: ≤ 100 µs per
 request (request + response) and ≤ 5 µs per chunk.
 
+The inputs (the request, upstream bodies and streams) are built by bench/translate_fixtures.py.
+
     .venv/bin/python bench/translate.py [--repeat 7] [--json]
 """
 
@@ -45,208 +47,26 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+if str(HERE) not in sys.path:  # translate_fixtures, also under ``python -m bench.translate``
+    sys.path.insert(0, str(HERE))
 
 import msgspec  # noqa: E402
+from translate_fixtures import (  # noqa: E402
+    KINDS,
+    MODELS,
+    STREAM_CHUNKS,
+    chat_request,
+    text,
+    tokens,
+    upstream_response,
+    upstream_stream,
+)
 
 from libs.common.config import ProviderConfig  # noqa: E402
 from services.worker.profiles import profile_for  # noqa: E402
 
 TARGET_REQUEST_US = 100.0
 TARGET_CHUNK_US = 5.0
-KINDS = ("openai", "anthropic", "gemini", "cohere", "replicate")
-MODELS = {
-    "openai": "gpt-4o-mini",
-    "anthropic": "claude-sonnet-4-5",
-    "gemini": "gemini-2.5-flash",
-    "cohere": "command-a-03-2025",
-    "replicate": "meta/meta-llama-3-8b-instruct",
-}
-STREAM_CHUNKS = 500
-
-_WORDS = (
-    "the gateway routes every request to a provider that fits its strategy while health latency "
-    "price and quality move the choice streams carry tokens back through the bus and each attempt "
-    "is counted once so budgets hold and nothing is lost on the way customers ask about invoices "
-    "refunds shipping delays order numbers account settings passwords two-factor codes with "
-    "numbers 42 3.14 and code like def f(x): return x * 2"
-).split()
-# Mixed into the "non-ASCII" request variant (about one word in twenty): accents, curly
-# quotes, a dash, CJK — text pasted from documents or written in other languages.
-_UNICODE_WORDS = "résumé naïve café “quoted” it’s — 東京 Grüße señor ünïcödé".split()
-
-
-def text(rng: random.Random, n_words: int, unicode: bool = False) -> str:
-    if not unicode:
-        return " ".join(rng.choice(_WORDS) for _ in range(n_words))
-    return " ".join(rng.choice(_UNICODE_WORDS) if rng.random() < 0.05 else rng.choice(_WORDS)
-                    for _ in range(n_words))
-
-
-def tokens(rng: random.Random, n: int) -> list[str]:
-    out = [rng.choice(_WORDS) for _ in range(n)]
-    return [w if i == 0 else " " + w for i, w in enumerate(out)]
-
-
-# -- the 32 KB request -----------------------------------------------------------------------
-TOOLS = [
-    {"type": "function", "function": {
-        "name": "lookup_order",
-        "description": "Look up an order by its number and return its status, items and shipping.",
-        "parameters": {"type": "object", "properties": {
-            "order_number": {"type": "string", "description": "The order number, e.g. A-12345"},
-            "include_items": {"type": "boolean", "description": "Include the line items"}},
-            "required": ["order_number"]}}},
-    {"type": "function", "function": {
-        "name": "refund",
-        "description": "Refund part or all of an order.",
-        "parameters": {"type": "object", "properties": {
-            "order_number": {"type": "string"},
-            "amount": {"type": "number", "description": "Amount in the order's currency"},
-            "reason": {"type": "string", "enum": ["damaged", "late", "wrong_item", "other"]}},
-            "required": ["order_number", "amount"]}}},
-]
-
-
-def chat_request(size: int = 32 * 1024, tools: bool = True, seed: int = 1, unicode: bool = False) -> bytes:
-    """An OpenAI chat request body of about ``size`` bytes."""
-    rng = random.Random(seed)
-    u = unicode
-    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a support agent. " + text(rng, 250, u)}]
-    if tools:
-        messages += [
-            {"role": "user", "content": "Where is my order A-12345? " + text(rng, 40, u)},
-            {"role": "assistant", "content": None, "tool_calls": [{
-                "id": "call_0001", "type": "function",
-                "function": {"name": "lookup_order", "arguments": '{"order_number": "A-12345", "include_items": true}'}}]},
-            {"role": "tool", "tool_call_id": "call_0001",
-             "content": json.dumps({"status": "shipped", "items": [text(rng, 6) for _ in range(8)]})},
-        ]
-    turn = 0
-    req: dict[str, Any] = {"model": "bench-model", "messages": messages, "max_tokens": 1024,
-                           "temperature": 0.7, "top_p": 0.95, "stop": ["END"], "user": "user-1234"}
-    if tools:
-        req["tools"] = TOOLS
-        req["tool_choice"] = "auto"
-    while True:
-        role = "user" if turn % 2 == 0 else "assistant"
-        n_words = rng.randint(20, 80) if role == "user" else rng.randint(80, 250)
-        messages.append({"role": role, "content": text(rng, n_words, u)})
-        turn += 1
-        body = json.dumps(req, ensure_ascii=False).encode()
-        if len(body) >= size and role == "assistant":
-            messages.append({"role": "user", "content": "Thanks. " + text(rng, 20, u)})
-            return json.dumps(req, ensure_ascii=False).encode()
-
-
-# -- upstream bodies and streams in each protocol -----------------------------------------------
-def upstream_response(kind: str, model: str, answer: str) -> bytes:
-    if kind == "openai":
-        b = {"id": "chatcmpl-AbCdEf0123456789", "object": "chat.completion", "created": 1732000000,
-             "model": model + "-2024-07-18", "system_fingerprint": "fp_0ba0d124f1",
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer, "refusal": None},
-                          "logprobs": None, "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 8012, "completion_tokens": 300, "total_tokens": 8312,
-                       "prompt_tokens_details": {"cached_tokens": 4096, "audio_tokens": 0},
-                       "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                                     "accepted_prediction_tokens": 0,
-                                                     "rejected_prediction_tokens": 0}}}
-    elif kind == "anthropic":
-        b = {"id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": model,
-             "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn", "stop_sequence": None,
-             "usage": {"input_tokens": 8012, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4096,
-                       "output_tokens": 300, "service_tier": "standard"}}
-    elif kind == "gemini":
-        b = {"candidates": [{"content": {"parts": [{"text": answer}], "role": "model"}, "finishReason": "STOP",
-                             "index": 0, "avgLogprobs": -0.1234}],
-             "usageMetadata": {"promptTokenCount": 8012, "candidatesTokenCount": 300, "totalTokenCount": 8312,
-                               "cachedContentTokenCount": 4096,
-                               "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8012}]},
-             "modelVersion": model, "responseId": "a1b2c3d4e5f6g7h8"}
-    elif kind == "cohere":
-        b = {"id": "c14c80c3-18eb-4519-9460-6c92edd8cfb4", "finish_reason": "COMPLETE",
-             "message": {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-             "usage": {"billed_units": {"input_tokens": 8000, "output_tokens": 300},
-                       "tokens": {"input_tokens": 8012, "output_tokens": 300}}}
-    elif kind == "replicate":
-        pieces = answer.split(" ")
-        b = {"id": "gm3qorzdhgbfurvjtvhg6dckhu", "model": model,
-             "version": "5a6809ca6288247d06daf6365557e5e429063f32a21146b2a807c682652136b8",
-             "input": {"prompt": "…", "max_tokens": 1024}, "logs": "", "data_removed": False,
-             "output": [p if i == 0 else " " + p for i, p in enumerate(pieces)], "error": None,
-             "status": "succeeded", "created_at": "2024-11-19T10:00:00.000Z",
-             "started_at": "2024-11-19T10:00:00.100Z", "completed_at": "2024-11-19T10:00:02.300Z",
-             "urls": {"cancel": "https://api.replicate.com/v1/predictions/gm3q/cancel",
-                      "get": "https://api.replicate.com/v1/predictions/gm3q",
-                      "stream": "https://stream.replicate.com/v1/files/bcwr-3okdfv3o2wehstv5f2okyftwxy57hhypqsi6osiim5iz3gwbvj6q"},
-             "metrics": {"input_token_count": 8012, "output_token_count": 300, "predict_time": 2.2,
-                         "time_to_first_token": 0.09, "tokens_per_second": 140.5, "total_time": 2.3}}
-    else:
-        raise KeyError(kind)
-    return json.dumps(b).encode()
-
-
-def upstream_stream(kind: str, model: str, toks: list[str]) -> list[tuple[str, bytes]]:
-    """(SSE event name, data) pairs of one upstream stream with ``len(toks)`` content chunks."""
-    enc = msgspec.json.encode
-    ev: list[tuple[str, Any]] = []
-    n = len(toks)
-    if kind == "openai":
-        head = {"id": "chatcmpl-AbCdEf0123456789", "object": "chat.completion.chunk", "created": 1732000000,
-                "model": model + "-2024-07-18", "system_fingerprint": "fp_0ba0d124f1"}
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                    "usage": None}
-
-        ev.append(("", chunk({"role": "assistant", "content": "", "refusal": None})))
-        ev += [("", chunk({"content": t})) for t in toks]
-        ev.append(("", chunk({}, "stop")))
-        ev.append(("", {**head, "choices": [], "usage": {"prompt_tokens": 8012, "completion_tokens": n,
-                                                          "total_tokens": 8012 + n}}))
-        ev.append(("", b"[DONE]"))
-    elif kind == "anthropic":
-        ev.append(("message_start", {"type": "message_start", "message": {
-            "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 8012, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4096,
-                      "output_tokens": 1, "service_tier": "standard"}}}))
-        ev.append(("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "text", "text": ""}}))
-        ev.append(("ping", {"type": "ping"}))
-        ev += [("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                        "delta": {"type": "text_delta", "text": t}}) for t in toks]
-        ev.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
-        ev.append(("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                     "usage": {"output_tokens": n}}))
-        ev.append(("message_stop", {"type": "message_stop"}))
-    elif kind == "gemini":
-        for i, t in enumerate(toks):
-            cand: dict[str, Any] = {"content": {"parts": [{"text": t}], "role": "model"}, "index": 0}
-            usage = {"promptTokenCount": 8012, "totalTokenCount": 8012 + i + 1}
-            if i == n - 1:
-                cand["finishReason"] = "STOP"
-                usage["candidatesTokenCount"] = n
-            ev.append(("", {"candidates": [cand], "usageMetadata": usage, "modelVersion": model,
-                            "responseId": "a1b2c3d4e5f6g7h8"}))
-    elif kind == "cohere":
-        ev.append(("message-start", {"id": "c14c80c3-18eb-4519-9460-6c92edd8cfb4", "type": "message-start",
-                                     "delta": {"message": {"role": "assistant", "content": [], "tool_plan": "",
-                                                           "tool_calls": [], "citations": []}}}))
-        ev.append(("content-start", {"type": "content-start", "index": 0,
-                                     "delta": {"message": {"content": {"type": "text", "text": ""}}}}))
-        ev += [("content-delta", {"type": "content-delta", "index": 0,
-                                  "delta": {"message": {"content": {"text": t}}}}) for t in toks]
-        ev.append(("content-end", {"type": "content-end", "index": 0}))
-        ev.append(("message-end", {"type": "message-end", "delta": {
-            "finish_reason": "COMPLETE", "usage": {"billed_units": {"input_tokens": 8000, "output_tokens": n},
-                                                   "tokens": {"input_tokens": 8012, "output_tokens": n}}}}))
-    elif kind == "replicate":
-        ev += [("output", t.encode()) for t in toks]
-        ev.append(("done", b"{}"))
-    else:
-        raise KeyError(kind)
-    return [(name, d if isinstance(d, bytes) else enc(d)) for name, d in ev]
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -273,8 +93,9 @@ def run_stream(proto: Any, model: str, events: list[tuple[str, bytes]]) -> list[
 TIMER: Callable[[], float] = time.process_time
 
 
-def timed(stmt: Callable[[], Any], number: int, repeat: int,
-          setup: Callable[[], None] | None = None) -> dict[str, float]:
+def timed(
+    stmt: Callable[[], Any], number: int, repeat: int, setup: Callable[[], None] | None = None
+) -> dict[str, float]:
     """Seconds per call: the median and the best over ``repeat`` timeit repeats."""
     t = timeit.Timer(stmt, setup=setup or (lambda: None), timer=TIMER)
     per = [x / number for x in t.repeat(repeat=repeat, number=number)]
@@ -361,22 +182,33 @@ def bench_shared(repeat: int, number: int) -> dict[str, float]:
     decode = msgspec.json.Decoder(dict).decode
     inputs: list[dict[str, Any]] = []
     out: dict[str, float] = {}
-    for variant, body in (("", chat_request(tools=True)), ("_unicode", chat_request(tools=True, unicode=True))):
+    for variant, body in (
+        ("", chat_request(tools=True)),
+        ("_unicode", chat_request(tools=True, unicode=True)),
+    ):
 
         def setup(body: bytes = body) -> None:
             inputs[:] = [decode(body) for _ in range(number)]
 
-        out["ingress_validate" + variant + "_us"] = timed(
-            lambda body=body: openai.decode("chat", body), number, repeat)["median"] * 1e6
-        out["worker_decode" + variant + "_us"] = timed(lambda body=body: decode(body), number, repeat)["median"] * 1e6
-        out["worker_fit" + variant + "_us"] = timed(
-            lambda: fit(inputs.pop(), profile, "p", True), number, repeat, setup)["median"] * 1e6
+        out["ingress_validate" + variant + "_us"] = (
+            timed(lambda body=body: openai.decode("chat", body), number, repeat)["median"] * 1e6
+        )
+        out["worker_decode" + variant + "_us"] = (
+            timed(lambda body=body: decode(body), number, repeat)["median"] * 1e6
+        )
+        out["worker_fit" + variant + "_us"] = (
+            timed(lambda: fit(inputs.pop(), profile, "p", True), number, repeat, setup)["median"] * 1e6
+        )
     return out
 
 
 def calibration_us() -> float:
     """CPU µs of ``sum(range(1000))`` (best of 5): how fast this machine runs Python right now."""
-    return min(timeit.repeat(lambda: sum(range(1000)), number=2000, repeat=5, timer=time.process_time)) / 2000 * 1e6
+    return (
+        min(timeit.repeat(lambda: sum(range(1000)), number=2000, repeat=5, timer=time.process_time))
+        / 2000
+        * 1e6
+    )
 
 
 def fmt(v: float | None) -> str:
@@ -387,8 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Translation micro-benchmark (see bench/README.md)")
     p.add_argument("--repeat", type=int, default=7, help="timeit repeats (the median is reported)")
     p.add_argument("--number", type=int, default=200, help="calls per repeat (streams: number/25)")
-    p.add_argument("--timer", choices=("cpu", "wall"), default="cpu",
-                   help="cpu: this process's CPU time (robust on a shared machine); wall: perf_counter")
+    p.add_argument(
+        "--timer",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: this process's CPU time (robust on a shared machine); wall: perf_counter",
+    )
     p.add_argument("--json", action="store_true", help="also write bench/results/translate-<timestamp>.json")
     a = p.parse_args(argv)
     global TIMER
@@ -402,41 +238,69 @@ def main(argv: list[str] | None = None) -> None:
             skipped[kind] = f"{type(e).__name__}: {e}"[:300]
     shared = bench_shared(a.repeat, a.number)
     calib = calibration_us()
-    print(f"## Translation cost ({time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, "
-          f"median of {a.repeat} timeit repeats, {a.timer} timer, GC off while timing)\n")
+    print(
+        f"## Translation cost ({time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}, "
+        f"median of {a.repeat} timeit repeats, {a.timer} timer, GC off while timing)\n"
+    )
     any_r = next(iter(results.values()), None)
-    what = f" ({any_r['request_body_bytes'] / 1024:.1f} KB, {any_r['request_messages']} messages)" if any_r else ""
-    print(f"32 KB chat request{what} → upstream request (build), upstream response → OpenAI (translate), "
-          f"and a {STREAM_CHUNKS}-chunk stream.\n")
-    print("| adapter | request build µs | response µs | per request µs (≤ 100) | per chunk µs (≤ 5) | "
-          "request build µs, non-ASCII text | per request µs, non-ASCII |")
+    what = (
+        f" ({any_r['request_body_bytes'] / 1024:.1f} KB, {any_r['request_messages']} messages)"
+        if any_r
+        else ""
+    )
+    print(
+        f"32 KB chat request{what} → upstream request (build), upstream response → OpenAI (translate), "
+        f"and a {STREAM_CHUNKS}-chunk stream.\n"
+    )
+    print(
+        "| adapter | request build µs | response µs | per request µs (≤ 100) | per chunk µs (≤ 5) | "
+        "request build µs, non-ASCII text | per request µs, non-ASCII |"
+    )
     print("|---|---|---|---|---|---|---|")
     for kind, r in results.items():
         ok_r = "✓" if r["pass_request"] else "✗"
         ok_c = "✓" if r["pass_chunk"] else "✗"
         ok_u = "✓" if r["per_request_unicode_us"] <= TARGET_REQUEST_US else "✗"
-        print(f"| {kind} | {fmt(r['request_us'])} | {fmt(r['response_us'])} | {fmt(r['per_request_us'])} {ok_r} | "
-              f"{r['per_chunk_us']:.2f} {ok_c} | {fmt(r['request_unicode_us'])} | "
-              f"{fmt(r['per_request_unicode_us'])} {ok_u} |")
+        print(
+            f"| {kind} | {fmt(r['request_us'])} | {fmt(r['response_us'])} | {fmt(r['per_request_us'])} {ok_r} | "
+            f"{r['per_chunk_us']:.2f} {ok_c} | {fmt(r['request_unicode_us'])} | "
+            f"{fmt(r['per_request_unicode_us'])} {ok_u} |"
+        )
     for kind, why in skipped.items():
         print(f"| {kind} | skipped: {why} | | | | | |")
-    print("\nShared per-request costs on the request path, same 32 KB request (ASCII / non-ASCII text): "
-          f"ingress validation {fmt(shared['ingress_validate_us'])} / {fmt(shared['ingress_validate_unicode_us'])} µs, "
-          f"worker decode {fmt(shared['worker_decode_us'])} / {fmt(shared['worker_decode_unicode_us'])} µs, "
-          f"worker parameter fit {fmt(shared['worker_fit_us'])} / {fmt(shared['worker_fit_unicode_us'])} µs.")
-    print(f"\nMachine speed now: sum(range(1000)) takes {calib:.1f} µs of CPU (a recent desktop: about 10–15 µs); "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs.")
+    print(
+        "\nShared per-request costs on the request path, same 32 KB request (ASCII / non-ASCII text): "
+        f"ingress validation {fmt(shared['ingress_validate_us'])} / {fmt(shared['ingress_validate_unicode_us'])} µs, "
+        f"worker decode {fmt(shared['worker_decode_us'])} / {fmt(shared['worker_decode_unicode_us'])} µs, "
+        f"worker parameter fit {fmt(shared['worker_fit_us'])} / {fmt(shared['worker_fit_unicode_us'])} µs."
+    )
+    print(
+        f"\nMachine speed now: sum(range(1000)) takes {calib:.1f} µs of CPU (a recent desktop: about 10–15 µs); "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs."
+    )
     if a.json:
         out = HERE / "results"
         out.mkdir(exist_ok=True)
         path = out / f"translate-{time.strftime('%Y%m%dT%H%M%S')}.json"
-        path.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version,
-                                    "repeat": a.repeat, "number": a.number, "timer": a.timer, "results": results,
-                                    "skipped": skipped, "shared": shared,
-                                    "calibration_sum_range_1000_us": calib,
-                                    "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
-                                    "targets": {"per_request_us": TARGET_REQUEST_US,
-                                                "per_chunk_us": TARGET_CHUNK_US}}, indent=2))
+        path.write_text(
+            json.dumps(
+                {
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "python": sys.version,
+                    "repeat": a.repeat,
+                    "number": a.number,
+                    "timer": a.timer,
+                    "results": results,
+                    "skipped": skipped,
+                    "shared": shared,
+                    "calibration_sum_range_1000_us": calib,
+                    "loadavg": os.getloadavg(),
+                    "cpus": os.cpu_count(),
+                    "targets": {"per_request_us": TARGET_REQUEST_US, "per_chunk_us": TARGET_CHUNK_US},
+                },
+                indent=2,
+            )
+        )
         print(f"\nresults: {path.relative_to(ROOT)}")
 
 
