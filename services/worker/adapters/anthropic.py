@@ -234,18 +234,30 @@ def _conversation(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[
     """(system texts, alternating Anthropic turns) of the OpenAI messages.
 
     A turn's content stays a plain string while it is a single text (the common case,
-    cheaper to build and to encode) and becomes a block list when merged.
+    cheaper to build and to encode) and becomes a block list when merged. A message that
+    is exactly ``{role, content}`` with non-blank string content already is its Anthropic
+    turn and is used as is, never mutated (``owned`` says whether the last turn is ours).
     """
     system: list[str] = []
     turns: list[dict[str, Any]] = []
-    last: dict[str, Any] = {}
+    append = turns.append
     last_role = None
+    owned = True
     for i, m in enumerate(messages):
         role = m.get("role")
         content = m.get("content")
+        plain = len(m) == 2
         piece: str | list[dict[str, Any]]
-        if content.__class__ is str and (role == "user" or (role == "assistant" and not m.get("tool_calls"))):
+        if (
+            content.__class__ is str
+            and (role == "user" or role == "assistant")
+            and (plain or role == "user" or not m.get("tool_calls"))
+        ):
             if not content or content.isspace():
+                continue
+            if plain and role != last_role:  # the common case: the message is the turn
+                append(m)
+                last_role, owned = role, False
                 continue
             piece = content
         elif role == "user":
@@ -255,25 +267,34 @@ def _conversation(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[
         elif role == "tool":
             role, piece = "user", [_tool_result(m, i)]
         elif role == "system" or role == "developer":
-            system.extend(_texts(content, i))
+            if content.__class__ is not str:
+                system.extend(_texts(content, i))
+            elif content and not content.isspace():
+                system.append(content)
             continue
         else:
             raise InvalidRequest(f"role {role!r} is not supported by Anthropic", param=f"messages[{i}].role")
         if not piece:
             continue
-        if role == last_role:
-            _merge(last, piece)
-        else:
-            last = {"role": role, "content": piece}
-            turns.append(last)
-            last_role = role
+        if role != last_role:
+            append({"role": role, "content": piece})
+            last_role, owned = role, True
+            continue
+        if not owned:  # copy the caller's message before merging into it
+            turns[-1] = {"role": role, "content": turns[-1]["content"]}
+            owned = True
+        _merge(turns[-1], piece)
     if last_role == "assistant":  # a prefill may not end with whitespace
-        content = last["content"]
-        if isinstance(content, str):
-            last["content"] = content.rstrip()
-        elif content[-1]["type"] == "text":
-            content[-1]["text"] = content[-1]["text"].rstrip()
+        _strip_prefill(turns)
     return system, turns
+
+
+def _strip_prefill(turns: list[dict[str, Any]]) -> None:
+    content = turns[-1]["content"]
+    if isinstance(content, str):  # a new turn: the last one may be the caller's message
+        turns[-1] = {"role": "assistant", "content": content.rstrip()}
+    elif content[-1]["type"] == "text":
+        content[-1]["text"] = content[-1]["text"].rstrip()
 
 
 def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -323,6 +344,7 @@ class AnthropicProtocol(Protocol):
         super().__init__(provider, profile)
         base = (provider.base_url or profile.base_url or "https://api.anthropic.com").rstrip("/")
         self.base = base[:-3] if base.endswith("/v1") else base
+        self.url = self.base + "/v1/messages"
         self.headers = {
             "x-api-key": provider.api_key or "",
             "anthropic-version": API_VERSION,
@@ -359,7 +381,7 @@ class AnthropicProtocol(Protocol):
                 body[name] = req[name]
         if stream:
             body["stream"] = True
-        return HttpCall("POST", self.base + "/v1/messages", dict(self.headers), _encode(body), stream)
+        return HttpCall("POST", self.url, dict(self.headers), _encode(body), stream)
 
     @staticmethod
     def _sampling(req: dict[str, Any], body: dict[str, Any]) -> None:

@@ -57,6 +57,7 @@ _PASS = ("temperature", "seed", "documents", "safety_mode")
 _PENALTIES = ("frequency_penalty", "presence_penalty")
 _LITTLE = sys.byteorder == "little"
 MAX_TEXTS = 96
+_PLAIN_ROLES = frozenset({"user", "assistant", "system"})
 
 
 # -- request ----------------------------------------------------------------------------
@@ -101,23 +102,28 @@ def _assistant(m: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    role = m.get("role")
+    if role == "user":
+        return {"role": "user", "content": _user_content(m.get("content") or "")}
+    if role == "assistant":
+        return _assistant(m)
+    if role == "system" or role == "developer":
+        return {"role": "system", "content": _text(m.get("content"))}
+    if role == "tool":
+        return {"role": "tool", "tool_call_id": m["tool_call_id"], "content": _text(m.get("content"))}
+    raise InvalidRequest(f"Cohere does not accept messages with role '{role}'", param="messages")
+
+
 def _messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for m in msgs:
-        role = m.get("role")
-        if role == "user":
-            out.append({"role": "user", "content": _user_content(m.get("content") or "")})
-        elif role == "assistant":
-            out.append(_assistant(m))
-        elif role == "system" or role == "developer":
-            out.append({"role": "system", "content": _text(m.get("content"))})
-        elif role == "tool":
-            out.append(
-                {"role": "tool", "tool_call_id": m["tool_call_id"], "content": _text(m.get("content"))}
-            )
-        else:
-            raise InvalidRequest(f"Cohere does not accept messages with role '{role}'", param="messages")
-    return out
+    # A message that is exactly {role: user/assistant/system, content: <string>} already
+    # is its Cohere message (the common case): it is sent as is, not copied.
+    return [
+        m
+        if len(m) == 2 and m.get("content").__class__ is str and m.get("role") in _PLAIN_ROLES
+        else _message(m)
+        for m in msgs
+    ]
 
 
 def _tools(body: dict[str, Any], tools: list[dict[str, Any]], choice: Any) -> None:
