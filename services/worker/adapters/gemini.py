@@ -3,7 +3,8 @@
 Chat → ``POST {base}/models/{model}:generateContent`` (or
 ``:streamGenerateContent?alt=sse``), embeddings → ``:batchEmbedContents``, discovery →
 ``GET {base}/models``; key in ``x-goog-api-key``. The request mapping follows
-protocols.md §3.6; the response side lives in :mod:`.gemini_stream`.
+protocols.md §3.6 (the messages in :mod:`.gemini_parts`); the response side lives in
+:mod:`.gemini_stream`.
 
 Decisions beyond the table:
 
@@ -32,7 +33,7 @@ import asyncio
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import msgspec
@@ -41,6 +42,7 @@ from libs.common.errors import InvalidRequest, SwitchmanError, UpstreamError
 
 from ..chunks import Usage, chat_completion, embeddings_response
 from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated
+from .gemini_parts import write_contents
 from .gemini_stream import (
     GeminiStream,
     blocked,
@@ -48,12 +50,16 @@ from .gemini_stream import (
     error_of,
     parse_response,
     rpc_error,
-    split_tool_call_id,
     usage_of,
 )
 
-_encode = msgspec.json.Encoder().encode
-_decode_json = msgspec.json.decode
+if TYPE_CHECKING:
+    from libs.common.config import ProviderConfig
+
+    from ..profiles import Profile
+
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
 
 BATCH_LIMIT = 100
 _SCALARS = (
@@ -66,149 +72,6 @@ _SCALARS = (
 )
 _MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 _BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
-_MIME = {
-    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
-    "gif": "image/gif", "heic": "image/heic", "heif": "image/heif", "pdf": "application/pdf",
-    "wav": "audio/wav", "mp3": "audio/mp3", "mp4": "video/mp4", "txt": "text/plain",
-}  # fmt: skip
-
-
-# -- request: messages ----------------------------------------------------------------
-def _texts(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    if not content:
-        return []
-    return [{"text": t} for p in content if (t := p.get("text") or p.get("refusal"))]
-
-
-def _data_url(url: str, param: str) -> dict[str, Any]:
-    header, comma, data = url[5:].partition(",")
-    mime, _, encoding = header.partition(";")
-    if not comma or encoding != "base64" or not mime or not data:
-        raise InvalidRequest("Invalid data URL: expected data:<mime>;base64,<data>.", param=param)
-    return {"inlineData": {"mimeType": mime, "data": data}}
-
-
-def _media(url: str, param: str) -> dict[str, Any]:
-    if url.startswith("data:"):
-        return _data_url(url, param)
-    if url.startswith(("https://", "http://")):
-        name = url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
-        ext = name.rpartition(".")[2].lower() if "." in name else ""
-        return {"fileData": {"mimeType": _MIME.get(ext, "image/jpeg"), "fileUri": url}}
-    raise InvalidRequest("Expected an http(s) URL or a base64 data URL.", param=param)
-
-
-def _user_parts(content: Any, i: int) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}] if content else []
-    parts: list[dict[str, Any]] = []
-    for j, p in enumerate(content):
-        kind = p.get("type")
-        if kind == "text":
-            if p["text"]:
-                parts.append({"text": p["text"]})
-        elif kind == "image_url":
-            parts.append(_media(p["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url"))
-        elif kind == "input_audio":
-            audio = p["input_audio"]
-            parts.append({"inlineData": {"mimeType": "audio/" + audio["format"], "data": audio["data"]}})
-        elif kind == "file" and (p["file"].get("file_data") or "").startswith("data:"):
-            parts.append(_data_url(p["file"]["file_data"], f"messages[{i}].content[{j}].file.file_data"))
-        else:
-            raise InvalidRequest(
-                f"Content part type {kind!r} is not supported by this provider (file parts need file_data).",
-                param=f"messages[{i}].content[{j}]",
-            )
-    return parts
-
-
-def _args(arguments: str, param: str) -> dict[str, Any]:
-    if not arguments.strip():
-        return {}
-    try:
-        args = _decode_json(arguments)
-    except msgspec.DecodeError:
-        raise InvalidRequest("The function arguments are not valid JSON.", param=param) from None
-    if not isinstance(args, dict):
-        raise InvalidRequest("The function arguments must be a JSON object.", param=param)
-    return args
-
-
-def _model_parts(m: dict[str, Any], i: int, names: dict[str, str]) -> list[dict[str, Any]]:
-    parts = _texts(m.get("content")) or _texts(m.get("refusal"))
-    for k, tc in enumerate(m.get("tool_calls") or ()):
-        fn = tc["function"]
-        call_id, signature = split_tool_call_id(tc["id"])
-        google = (tc.get("extra_content") or {}).get("google") or {}  # Google's OpenAI-compat field
-        signature = signature or google.get("thought_signature")
-        names[tc["id"]] = fn["name"]
-        call = {"id": call_id, "name": fn["name"]}
-        call["args"] = _args(fn["arguments"], f"messages[{i}].tool_calls[{k}].function.arguments")
-        part: dict[str, Any] = {"functionCall": call}
-        if signature:
-            part["thoughtSignature"] = signature
-        parts.append(part)
-    legacy = m.get("function_call")
-    if legacy:
-        args = _args(legacy["arguments"], f"messages[{i}].function_call.arguments")
-        parts.append({"functionCall": {"name": legacy["name"], "args": args}})
-    return parts
-
-
-def _response_object(content: Any) -> dict[str, Any]:
-    text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content or ())
-    if text.lstrip()[:1] == "{":
-        try:
-            value = _decode_json(text)
-        except msgspec.DecodeError:
-            value = None
-        if isinstance(value, dict):
-            return value
-    return {"result": text}
-
-
-def _function_response(m: dict[str, Any], i: int, names: dict[str, str]) -> dict[str, Any]:
-    if m["role"] == "function":
-        return {"functionResponse": {"name": m["name"], "response": _response_object(m.get("content"))}}
-    call_id = m["tool_call_id"]
-    name = names.get(call_id) or m.get("name")
-    if not name:
-        raise InvalidRequest(
-            f"No earlier assistant message has a tool call with id {call_id!r}.",
-            param=f"messages[{i}].tool_call_id",
-        )
-    response = {"id": split_tool_call_id(call_id)[0], "name": name}
-    response["response"] = _response_object(m["content"])
-    return {"functionResponse": response}
-
-
-def contents_of(messages: list[dict[str, Any]], tool_role: str = "user") -> tuple[list, list]:
-    """(systemInstruction parts, contents) of an OpenAI ``messages`` list."""
-    system: list[dict[str, Any]] = []
-    contents: list[dict[str, Any]] = []
-    names: dict[str, str] = {}
-    tool_turn: dict[str, Any] | None = None
-    for i, m in enumerate(messages):
-        role = m["role"]
-        if role == "system" or role == "developer":
-            system.extend(_texts(m["content"]))
-        elif role == "tool" or role == "function":
-            part = _function_response(m, i, names)
-            if tool_turn is not None and contents and contents[-1] is tool_turn:
-                tool_turn["parts"].append(part)
-            else:
-                tool_turn = {"role": tool_role, "parts": [part]}
-                contents.append(tool_turn)
-        else:
-            if role == "assistant":
-                parts = _model_parts(m, i, names)
-            else:
-                parts = _user_parts(m["content"], i)
-            if parts:
-                contents.append({"role": "model" if role == "assistant" else "user", "parts": parts})
-    return system, contents
 
 
 # -- request: tools and generation config -------------------------------------------------
@@ -272,10 +135,11 @@ def generation_config(req: dict[str, Any]) -> dict[str, Any]:
     return g
 
 
-def generate_body(req: dict[str, Any], tool_role: str = "user") -> dict[str, Any]:
-    """The ``GenerateContentRequest`` JSON object of an OpenAI chat request."""
-    system, contents = contents_of(req["messages"], tool_role)
-    body: dict[str, Any] = {"contents": contents}
+def generate_body(req: dict[str, Any], tool_role: str = "user") -> bytes:
+    """The ``GenerateContentRequest`` JSON body of an OpenAI chat request."""
+    buf = bytearray(b'{"contents":')
+    system = write_contents(req["messages"], tool_role, buf)
+    body: dict[str, Any] = {}  # the other fields, after contents
     if system:
         body["systemInstruction"] = {"parts": system}
     tools = req.get("tools")
@@ -289,7 +153,12 @@ def generate_body(req: dict[str, Any], tool_role: str = "user") -> dict[str, Any
     g = generation_config(req)
     if g:
         body["generationConfig"] = g
-    return body
+    if not body:
+        return bytes(buf + b"}")
+    at = len(buf)
+    _encoder.encode_into(body, buf, -1)
+    buf[at] = 0x2C  # its "{" becomes the "," after contents
+    return bytes(buf)
 
 
 # -- embeddings -----------------------------------------------------------------------
@@ -340,6 +209,10 @@ class GeminiProtocol(Protocol):
     # The role of the turn carrying functionResponse parts (protocols.md §3.4).
     tool_role = "user"
 
+    def __init__(self, provider: ProviderConfig, profile: Profile) -> None:
+        super().__init__(provider, profile)
+        self._chat_urls: dict[tuple[str, bool], str] = {}
+
     def _base(self) -> str:
         base = self.provider.base_url or self.profile.base_url
         if not base:
@@ -363,12 +236,21 @@ class GeminiProtocol(Protocol):
 
     # -- chat -----------------------------------------------------------------------------
     def chat_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
-        body = _encode(generate_body(req, self.tool_role))
-        if stream:
-            url = self._url(model, "streamGenerateContent", {"alt": "sse"})
-        else:
-            url = self._url(model, "generateContent")
-        return HttpCall("POST", url, self._headers(), body, stream=stream)
+        body = generate_body(req, self.tool_role)
+        return HttpCall("POST", self._chat_url(model, stream), self._headers(), body, stream=stream)
+
+    def _chat_url(self, model: str, stream: bool) -> str:
+        """The chat URL of a model; cached per protocol instance, as the same few recur."""
+        urls = self._chat_urls
+        url = urls.get((model, stream))
+        if url is None:
+            if stream:
+                url = self._url(model, "streamGenerateContent", {"alt": "sse"})
+            else:
+                url = self._url(model, "generateContent")
+            if len(urls) < 256:
+                urls[model, stream] = url
+        return url
 
     def chat_response(self, body: bytes, model: str) -> Translated:
         provider = self.provider.id
@@ -377,7 +259,10 @@ class GeminiProtocol(Protocol):
             raise rpc_error(resp.error.code or 500, resp.error, {}, provider)
         if not resp.candidates:
             raise blocked(resp.prompt_feedback, provider)
-        choices = [choice_of(c, provider) for c in sorted(resp.candidates, key=lambda c: c.index)]
+        candidates = resp.candidates
+        if len(candidates) > 1:
+            candidates = sorted(candidates, key=lambda c: c.index)
+        choices = [choice_of(c, provider) for c in candidates]
         usage = usage_of(resp.usage_metadata) if resp.usage_metadata is not None else None
         rid = "chatcmpl-" + resp.response_id if resp.response_id else None
         return Translated(chat_completion(model, choices, usage, id=rid), usage or Usage())

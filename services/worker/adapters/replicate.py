@@ -83,7 +83,8 @@ class Prediction(msgspec.Struct):
 _enc = msgspec.json.Encoder()
 _dec_prediction = msgspec.json.Decoder(Prediction)
 _dec_any = msgspec.json.Decoder()
-_LABEL = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
+# A turn's prefix in the transcript (the first turn's without the blank line).
+_TURN = {"user": "\n\nUser: ", "assistant": "\n\nAssistant: ", "tool": "\n\nTool: "}
 _PASS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
@@ -101,18 +102,27 @@ def _text(content: Any) -> str:
 def build_prompt(messages: list[dict[str, Any]]) -> tuple[str, str]:
     """``(system_prompt, prompt)`` for an OpenAI message list (see the module notes)."""
     system: list[str] = []
-    turns: list[tuple[str, str]] = []
+    out: list[str] = []  # "\n\nUser: ", text, "\n\nAssistant: ", text, ...
+    turn: dict[Any, str] = _TURN
+    add = out.append
     for m in messages:
         role = m.get("role")
-        if role == "system" or role == "developer":
-            system.append(_text(m.get("content")))
-        elif role in _LABEL:
-            turns.append((role, _text(m.get("content"))))
-        else:
+        prefix = turn.get(role)
+        if prefix is None and role != "system" and role != "developer":
             raise InvalidRequest(f"Replicate does not accept messages with role '{role}'", param="messages")
-    if len(turns) == 1 and turns[0][0] == "user":
-        return "\n\n".join(system), turns[0][1]
-    return "\n\n".join(system), "\n\n".join(f"{_LABEL[r]}: {t}" for r, t in turns)
+        content = m.get("content")
+        text = content if content.__class__ is str else _text(content)
+        if prefix is not None:
+            add(prefix)
+            add(text)
+        else:
+            system.append(text)
+    if not out:
+        return "\n\n".join(system), ""
+    if len(out) == 2 and out[0] is turn["user"]:  # a lone user message goes verbatim
+        return "\n\n".join(system), out[1]
+    out[0] = out[0][2:]  # no separator before the first turn
+    return "\n\n".join(system), "".join(out)
 
 
 def build_input(req: dict[str, Any]) -> dict[str, Any]:
@@ -125,12 +135,13 @@ def build_input(req: dict[str, Any]) -> dict[str, Any]:
     if limit is not None:
         inp["max_tokens"] = inp["max_new_tokens"] = limit
     for key in _PASS:
-        if req.get(key) is not None:
-            inp[key] = req[key]
+        value = req.get(key)
+        if value is not None:
+            inp[key] = value
     stop = req.get("stop")
     if stop:
         stops = [stop] if isinstance(stop, str) else list(stop)
-        if any("," in s for s in stops):
+        if "," in "".join(stops):
             raise InvalidRequest("Replicate stop sequences cannot contain a comma", param="stop")
         inp["stop_sequences"] = ",".join(stops)
     return inp
@@ -148,6 +159,26 @@ def parse_prediction(body: bytes, provider: str) -> Prediction:
 
 def _estimate(chars: int) -> int:
     return (chars + 3) // 4
+
+
+def _settle(
+    metrics: _Metrics | None, max_tokens: int | None, prompt_chars: int, chars: int
+) -> tuple[Usage, str]:
+    """(usage, finish_reason) from a prediction's metrics (estimated without)."""
+    if metrics is None:
+        metrics = _Metrics()
+    prompt, done = metrics.input_token_count, metrics.output_token_count
+    usage = Usage(
+        prompt_tokens=int(prompt) if prompt is not None else _estimate(prompt_chars),
+        completion_tokens=int(done) if done is not None else _estimate(chars),
+    )
+    hit = done is not None and max_tokens is not None and done >= max_tokens
+    return usage, "length" if hit else "stop"
+
+
+def _completion(model: str, text: str, finish_reason: str, usage: Usage | None) -> bytes:
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}
+    return chat_completion(model, [choice], usage)
 
 
 class ReplicateStream(StreamTranslator):
@@ -204,14 +235,8 @@ class ReplicateStream(StreamTranslator):
 
     def settle(self, final: Prediction | None) -> None:
         """Usage and finish reason from the final prediction's metrics (estimated without)."""
-        metrics = final.metrics if final and final.metrics else _Metrics()
-        prompt, done = metrics.input_token_count, metrics.output_token_count
-        self.usage = Usage(
-            prompt_tokens=int(prompt) if prompt is not None else _estimate(self.prompt_chars),
-            completion_tokens=int(done) if done is not None else _estimate(self.chars),
-        )
-        hit = done is not None and self.max_tokens is not None and done >= self.max_tokens
-        self.finish_reason = "length" if hit else "stop"
+        metrics = final.metrics if final is not None else None
+        self.usage, self.finish_reason = _settle(metrics, self.max_tokens, self.prompt_chars, self.chars)
 
     def tail(self) -> list[bytes]:
         pieces = [] if self.started else [self.writer.role()]
@@ -222,9 +247,7 @@ class ReplicateStream(StreamTranslator):
         return pieces
 
     def completion(self) -> bytes:
-        message = {"role": "assistant", "content": "".join(self.parts)}
-        choice = {"index": 0, "message": message, "finish_reason": self.finish_reason or "stop"}
-        return chat_completion(self.model, [choice], self.usage)
+        return _completion(self.model, "".join(self.parts), self.finish_reason or "stop", self.usage)
 
     def close(self) -> list[bytes]:
         if not self.done:
@@ -234,6 +257,16 @@ class ReplicateStream(StreamTranslator):
             return []
         self.settle(None)
         return self.tail()
+
+
+def _output_text(out: Any) -> str:
+    """A finished prediction's ``output``: a string, or (language models) a list of pieces."""
+    if isinstance(out, str):
+        return out
+    try:
+        return "".join(out or ())  # the usual list of string pieces, joined in one pass
+    except TypeError:
+        return "".join([str(p) for p in out])
 
 
 def _json(data: bytes) -> dict[str, Any]:
@@ -256,20 +289,33 @@ class ReplicateProtocol(Protocol):
             scheme = "Token" if profile.auth == "token" else "Bearer"
             head["Authorization"] = f"{scheme} {provider.api_key}"
         self._headers = head | dict(provider.headers)
+        self._post_headers = self._headers | {"Content-Type": "application/json"}
+        self._targets: dict[str, tuple[str, str | None]] = {}
 
     # -- pure parts ---------------------------------------------------------------------
     def chat_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
         """The create-prediction call (the same for stream and non-stream requests)."""
-        body: dict[str, Any] = {"input": build_input(req), "stream": True}
+        return self._create(build_input(req), model)
+
+    def _create(self, inp: dict[str, Any], model: str) -> HttpCall:
+        body: dict[str, Any] = {"input": inp, "stream": True}
+        url, version = self._targets.get(model) or self._target(model)
+        if version is not None:
+            body["version"] = version
+        return HttpCall("POST", url, dict(self._post_headers), _enc.encode(body))
+
+    def _target(self, model: str) -> tuple[str, str | None]:
+        """(create URL, version id or None) of a model name; cached, as the same few recur."""
         name, _, version = model.partition(":")
+        target: tuple[str, str | None]
         if version or "/" not in name:
-            body["version"] = version or name
-            url = f"{self.base}/predictions"
+            target = (f"{self.base}/predictions", version or name)
         else:
             owner, _, short = name.partition("/")
-            url = f"{self.base}/models/{quote(owner)}/{quote(short)}/predictions"
-        headers = self._headers | {"Content-Type": "application/json"}
-        return HttpCall("POST", url, headers, _enc.encode(body))
+            target = (f"{self.base}/models/{quote(owner)}/{quote(short)}/predictions", None)
+        if len(self._targets) < 256:
+            self._targets[model] = target
+        return target
 
     def stream_call(self, url: str) -> HttpCall:
         headers = self._headers | {"Accept": "text/event-stream", "Cache-Control": "no-store"}
@@ -281,15 +327,19 @@ class ReplicateProtocol(Protocol):
     def chat_stream(self, model: str, include_usage: bool) -> StreamTranslator:
         return ReplicateStream(model, include_usage, self.provider.id)
 
-    def translator(self, req: dict[str, Any], model: str, stream: bool) -> ReplicateStream:
-        system, prompt = build_prompt(req["messages"])
+    def translator(
+        self, req: dict[str, Any], model: str, stream: bool, inp: dict[str, Any] | None = None
+    ) -> ReplicateStream:
+        """The translator of one request (``inp``: its :func:`build_input`, when already built)."""
+        if inp is None:
+            inp = build_input(req)
         include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         return ReplicateStream(
             model,
             include_usage,
             self.provider.id,
             max_tokens=req.get("max_completion_tokens") or req.get("max_tokens"),
-            prompt_chars=len(system) + len(prompt),
+            prompt_chars=len(inp.get("system_prompt", "")) + len(inp["prompt"]),
             accumulate=not stream,
         )
 
@@ -300,12 +350,9 @@ class ReplicateProtocol(Protocol):
             raise UpstreamError(
                 f"provider {self.provider.id!r}: prediction is {pred.status}", provider=self.provider.id
             )
-        tr = ReplicateStream(model, False, self.provider.id, accumulate=True)
-        out = pred.output
-        tr.parts = [out] if isinstance(out, str) else [str(p) for p in out or ()]
-        tr.chars = sum(map(len, tr.parts))
-        tr.settle(pred)
-        return Translated(tr.completion(), tr.usage or Usage())
+        text = _output_text(pred.output)
+        usage, reason = _settle(pred.metrics, None, 0, len(text))
+        return Translated(_completion(model, text, reason, usage), usage)
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> SwitchmanError:
         """Replicate errors are RFC 7807 problem+json: ``{"title", "detail", "status"}``."""
@@ -323,10 +370,9 @@ class ReplicateProtocol(Protocol):
     ) -> Usage | None:
         if op != "chat":
             return await super().run(http, sink, op, req, model, stream)  # raises: unsupported
-        tr = self.translator(req, model, stream)
-        created = parse_prediction(
-            (await http.fetch(self.chat_request(req, model, stream))).body, tr.provider
-        )
+        inp = build_input(req)  # the prompt is built once, for the call and the estimate
+        tr = self.translator(req, model, stream, inp)
+        created = parse_prediction((await http.fetch(self._create(inp, model))).body, tr.provider)
         urls = created.urls or _Urls()
         if not urls.stream:
             raise UpstreamError(
