@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -380,6 +381,26 @@ async def test_run_cut_stream_cancels_and_raises():
     assert not any(
         json.loads(c)["choices"] and json.loads(c)["choices"][0]["finish_reason"] for c in sink.chunks
     )
+
+
+class StallingHttp(FakeHttp):
+    """Streams one output event, then nothing: the client goes away meanwhile."""
+
+    async def events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
+        self.calls.append(call)
+        yield [("output", b"Why ")]
+        await asyncio.Event().wait()
+
+
+async def test_run_cancelled_mid_stream_cancels_the_prediction():
+    http, sink = StallingHttp([]), Sink()
+    task = asyncio.create_task(proto().run(http, sink, "chat", REQ, MODEL, True))
+    while not sink.chunks:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert http.calls[-1].method == "POST" and http.calls[-1].url == CREATED["urls"]["cancel"]
 
 
 async def test_run_error_before_output_leaves_the_sink_untouched():

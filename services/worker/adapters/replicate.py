@@ -35,6 +35,8 @@ estimated at 4 characters per token. ``finish_reason`` is ``length`` only when a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -378,21 +380,14 @@ class ReplicateProtocol(Protocol):
             raise UpstreamError(
                 f"provider {tr.provider!r}: model {model!r} does not stream", provider=tr.provider
             )
-        async for batch in http.events(self.stream_call(urls.stream)):
-            out: list[bytes] = []
-            try:
-                for event, data in batch:
-                    out += tr.feed(event, data)
-                    if tr.done:
-                        break
-            finally:  # what came before an in-stream error still reaches the client, first
-                if out:
-                    await sink.chunk(*out)
-            if tr.done:
-                break
-        if not tr.done:  # cut before `done`: stop the (billed) prediction, then fail
-            await self._cancel(http, urls.cancel)
-            tr.close()
+        try:
+            await self._relay(http, sink, tr, urls.stream)
+            if not tr.done:
+                tr.close()  # cut before `done`: raises UpstreamError
+        except BaseException:
+            # Client gone, deadline, broken stream: stop the prediction, it is billed while it runs.
+            await asyncio.shield(self._cancel(http, urls.cancel))
+            raise
         tr.settle(await self._final(http, urls.get))
         if stream:
             for piece in tr.tail():
@@ -400,6 +395,19 @@ class ReplicateProtocol(Protocol):
         else:
             await sink.result(tr.completion())
         return tr.usage
+
+    async def _relay(self, http: Http, sink: Sink, tr: ReplicateStream, url: str) -> None:
+        async with contextlib.aclosing(http.events(self.stream_call(url))) as batches:  # type: ignore[type-var]
+            async for batch in batches:
+                out: list[bytes] = []
+                try:
+                    for event, data in batch:
+                        out += tr.feed(event, data)
+                        if tr.done:
+                            return
+                finally:  # what came before an in-stream error still reaches the client, first
+                    if out:
+                        await sink.chunk(*out)
 
     async def _cancel(self, http: Http, url: str | None) -> None:
         if url:
