@@ -395,8 +395,11 @@ class StallingHttp(FakeHttp):
 async def test_run_cancelled_mid_stream_cancels_the_prediction():
     http, sink = StallingHttp([]), Sink()
     task = asyncio.create_task(proto().run(http, sink, "chat", REQ, MODEL, True))
-    while not sink.chunks:
+    for _ in range(100):  # until the first output reached the sink
+        if sink.chunks:
+            break
         await asyncio.sleep(0.001)
+    assert sink.chunks
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
