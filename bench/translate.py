@@ -59,8 +59,8 @@ from translate_fixtures import (  # noqa: E402
     text,
     tokens,
     upstream_response,
-    upstream_stream,
 )
+from translate_streams import upstream_stream  # noqa: E402
 
 from libs.common.config import ProviderConfig  # noqa: E402
 from services.worker.profiles import profile_for  # noqa: E402
