@@ -13,13 +13,15 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 
-from . import log
+from . import log, tracing
+from .config import Config, ConfigError, load
 
 logger = log.get("lifecycle")
 
@@ -161,6 +163,35 @@ async def run(
         if not nc.is_closed:
             await nc.close()
         logger.info("stopped")
+
+
+def load_or_exit(path: str | None = None) -> Config:
+    """The config, or exit 2 with the offending field named on stderr."""
+    try:
+        return load(path)
+    except ConfigError as e:
+        print(f"switchman: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def serve(
+    services: list[Service], cfg: Config, on_started: Callable[[], Awaitable[None] | None] | None = None
+) -> None:
+    """A process's main: logging, tracing and the event loop set up once, then :func:`run`."""
+    log.setup(cfg.log_level)
+    tracing.setup(cfg.tracing.enabled, cfg.tracing.exporter)
+    if not cfg.nats_url:
+        print("switchman: NATS_URL is not set (or use `switchman up`)", file=sys.stderr)
+        raise SystemExit(2)
+    use_uvloop()
+    asyncio.run(run(services, cfg.nats_url, name="switchman-" + "+".join(s.name for s in services),
+                    started=on_started))
+
+
+def main(factory: Callable[[Config], Service]) -> None:
+    """``python -m services.<name>``: one service against NATS_URL."""
+    cfg = load_or_exit()
+    serve([factory(cfg)], cfg)
 
 
 def use_uvloop() -> None:

@@ -1,3 +1,6 @@
-from services.runner import run_one
+"""`python -m services.health`: the health alone, against NATS_URL."""
 
-run_one("health")
+from libs.common.service import main
+from services.health.service import Health
+
+main(Health)

@@ -17,13 +17,14 @@ from nats.aio.msg import Msg
 from nats.js.errors import Error as JSError
 
 from libs.common import contracts, subjects
+from libs.common.config import Config
 from libs.common.service import Service
 
 
 class Health(Service):
     name = "health"
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: Config | None = None) -> None:
         super().__init__()
         self.attempts: Counter[tuple[str, int]] = Counter()
         self.sub: Any = None

@@ -1,3 +1,6 @@
-from services.runner import run_one
+"""`python -m services.ingress`: the ingress alone, against NATS_URL."""
 
-run_one("ingress")
+from libs.common.service import main
+from services.ingress.service import Ingress
+
+main(Ingress)

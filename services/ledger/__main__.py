@@ -1,3 +1,6 @@
-from services.runner import run_one
+"""`python -m services.ledger`: the ledger alone, against NATS_URL."""
 
-run_one("ledger")
+from libs.common.service import main
+from services.ledger.service import Ledger
+
+main(Ledger)

@@ -18,6 +18,7 @@ from nats.js.errors import BadRequestError
 from nats.js.errors import Error as JSError
 
 from libs.common import subjects
+from libs.common.config import Config
 from libs.common.service import Service
 
 DUPLICATE_WINDOW_S = 24 * 3600.0
@@ -25,6 +26,10 @@ DUPLICATE_WINDOW_S = 24 * 3600.0
 
 class Ledger(Service):
     name = "ledger"
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
 
     async def start(self, nc: NATS) -> None:
         await super().start(nc)

@@ -1,3 +1,6 @@
-from services.runner import run_one
+"""`python -m services.router`: the router alone, against NATS_URL."""
 
-run_one("router")
+from libs.common.service import main
+from services.router.service import Router
+
+main(Router)

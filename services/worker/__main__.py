@@ -1,3 +1,6 @@
-from services.runner import run_one
+"""`python -m services.worker`: the worker alone, against NATS_URL."""
 
-run_one("worker")
+from libs.common.service import main
+from services.worker.service import Worker
+
+main(Worker)

@@ -157,19 +157,7 @@ class Protocol:
             await sink.result(out.body)
             return out.usage
         translator = streamer(model, include_usage)
-        async with contextlib.aclosing(http.events(call)) as batches:  # type: ignore[type-var]
-            async for batch in batches:
-                pieces: list[bytes] = []
-                try:
-                    for event, data in batch:
-                        pieces += translator.feed(event, data)
-                        if translator.done:
-                            break
-                finally:  # what came before an in-stream error still reaches the client, first
-                    if pieces:
-                        await sink.chunk(*pieces)
-                if translator.done:
-                    break
+        await relay(http, call, translator, sink)
         tail = translator.close()
         if tail:
             await sink.chunk(*tail)
@@ -228,3 +216,24 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+async def relay(http: Http, call: HttpCall, translator: StreamTranslator, sink: Sink) -> None:
+    """Feed the SSE batches of ``call`` through ``translator`` to ``sink`` until its end.
+
+    What one network read produced goes out as one frame; what came before an in-stream
+    error still reaches the client, first.
+    """
+    async with contextlib.aclosing(http.events(call)) as batches:  # type: ignore[type-var]
+        async for batch in batches:
+            pieces: list[bytes] = []
+            try:
+                for event, data in batch:
+                    pieces += translator.feed(event, data)
+                    if translator.done:
+                        break
+            finally:
+                if pieces:
+                    await sink.chunk(*pieces)
+            if translator.done:
+                return

@@ -367,8 +367,14 @@ class GeminiStream(StreamTranslator):
             self._tools[idx] = 0
             out.append(w.role(idx))
         parts = c.content.parts if c.content is not None else ()
-        if len(parts) == 1 and parts[0].text and not parts[0].thought:
-            out.append(w.content(parts[0].text, idx))  # the common case
+        if len(parts) == 1:  # the common cases: one text part, or one function call
+            part = parts[0]
+            if part.function_call is not None:
+                self._call(part, idx, out)
+            elif part.text and not part.thought:
+                out.append(w.content(part.text, idx))
+            elif part.text:
+                self._flush([part.text], True, idx, out)
         elif parts:
             self._parts(parts, idx, out)
         if c.finish_reason and idx not in self._finished:
@@ -382,16 +388,19 @@ class GeminiStream(StreamTranslator):
         for part in parts:
             if part.function_call is not None:
                 self._flush(text, thought, idx, out)
-                call = tool_call(part)
-                call["index"] = self._tools[idx]
-                self._tools[idx] += 1
-                out.append(self._w.delta({"tool_calls": [call]}, index=idx))
+                self._call(part, idx, out)
             elif part.text:
                 if part.thought != thought:
                     self._flush(text, thought, idx, out)
                     thought = part.thought
                 text.append(part.text)
         self._flush(text, thought, idx, out)
+
+    def _call(self, part: Part, idx: int, out: list[bytes]) -> None:
+        call = tool_call(part)
+        call["index"] = n = self._tools[idx]
+        self._tools[idx] = n + 1
+        out.append(self._w.delta({"tool_calls": [call]}, index=idx))
 
     def _flush(self, text: list[str], thought: bool, idx: int, out: list[bytes]) -> None:
         if not text:

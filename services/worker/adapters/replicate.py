@@ -36,7 +36,6 @@ estimated at 4 characters per token. ``finish_reason`` is ``length`` only when a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -52,7 +51,7 @@ from libs.common.errors import (
 )
 
 from ..chunks import ChunkWriter, Usage, chat_completion
-from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated, retry_after
+from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated, relay, retry_after
 
 if TYPE_CHECKING:
     from libs.common.config import ProviderConfig
@@ -381,7 +380,7 @@ class ReplicateProtocol(Protocol):
                 f"provider {tr.provider!r}: model {model!r} does not stream", provider=tr.provider
             )
         try:
-            await self._relay(http, sink, tr, urls.stream)
+            await relay(http, self.stream_call(urls.stream), tr, sink)
             if not tr.done:
                 tr.close()  # cut before `done`: raises UpstreamError
         except BaseException:
@@ -395,19 +394,6 @@ class ReplicateProtocol(Protocol):
         else:
             await sink.result(tr.completion())
         return tr.usage
-
-    async def _relay(self, http: Http, sink: Sink, tr: ReplicateStream, url: str) -> None:
-        async with contextlib.aclosing(http.events(self.stream_call(url))) as batches:  # type: ignore[type-var]
-            async for batch in batches:
-                out: list[bytes] = []
-                try:
-                    for event, data in batch:
-                        out += tr.feed(event, data)
-                        if tr.done:
-                            return
-                finally:  # what came before an in-stream error still reaches the client, first
-                    if out:
-                        await sink.chunk(*out)
 
     async def _cancel(self, http: Http, url: str | None) -> None:
         if url:
