@@ -187,6 +187,16 @@ def switchman_cmd(*args: str) -> list[str]:
     return [str(BIN / "switchman"), *args]
 
 
+async def eventually(predicate: Any, timeout: float, what: str) -> float:
+    """Poll until ``predicate()``; returns the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
 async def wait_http(url: str, timeout: float = 20.0, procs: Sequence[Proc] = ()) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:

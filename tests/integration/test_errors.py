@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from tests.emulators.openai_upstream import UpstreamState
-from tests.gateway import Gateway, config, in_process, openai_provider, serving
+from tests.gateway import Gateway, config, eventually, in_process, openai_provider, serving
 from tests.schema import validate
 
 MODEL = "gpt-4o-mini"
@@ -125,16 +125,6 @@ async def raw(
         except ValueError:
             body = text
         return r.status, r.headers, body
-
-
-async def eventually(predicate: Any, timeout: float, what: str) -> float:
-    """Poll until ``predicate()``; returns the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 # --------------------------------------------------------------------------- 400: the client's body

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from tests.emulators.openai_upstream import UpstreamState, running
-from tests.gateway import Gateway, config, in_process, openai_provider, serving
+from tests.gateway import Gateway, config, eventually, in_process, openai_provider, serving
 from tests.schema import validate, validate_sse_chunks
 
 MODEL = "gpt-4o-mini"
@@ -99,15 +99,6 @@ def content_of(chunks: list[dict[str, Any]]) -> str:
 
 def words(n: int) -> str:
     return " ".join(f"w{i}" for i in range(1, n + 1))
-
-
-async def eventually(predicate: Any, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 def check_error_body(body: Any) -> dict[str, Any]:
