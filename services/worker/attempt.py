@@ -44,9 +44,6 @@ class InboxSink:
         self.first_at = 0.0
         self.last_at = time.monotonic()
 
-    async def _send(self, data: bytes) -> None:
-        await self.nc.publish(self.reply, data)
-
     def _mark(self) -> None:
         now = time.monotonic()
         if not self.started:
@@ -57,16 +54,15 @@ class InboxSink:
     async def chunk(self, *pieces: bytes) -> None:
         """One ``C`` frame for all ``pieces`` (newline-separated: chunks are one-line JSON)."""
         self._mark()
-        await self._send(b"C" + (pieces[0] if len(pieces) == 1 else b"\n".join(pieces)))
+        await self.nc.publish(self.reply, b"C" + (pieces[0] if len(pieces) == 1 else b"\n".join(pieces)))
 
     async def result(self, body: bytes) -> None:
         self._mark()
-        await self._send(b"R" + body)
+        await self.nc.publish(self.reply, b"R" + body)
 
     async def frame(self, data: bytes) -> None:
         self.last_at = time.monotonic()
-        await self._send(data)
-
+        await self.nc.publish(self.reply, data)
 
 
 def target(env: Envelope) -> Candidate:
@@ -92,9 +88,10 @@ async def execute(
     except SwitchmanError as e:
         error = e
     except asyncio.CancelledError:
-        # Client gone or shutting down: the one terminal frame still goes out.
+        # Client gone or shutting down: the one terminal frame still goes out, and the
+        # request is not handed on (nobody may be waiting for it).
         error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
-        await _fail(nc, sink, env, data, error)
+        await sink.frame(contracts.error_frame(error.frame()))
         _report(binding, env, attempt_id, started, sink, usage, error)
         raise
     except Exception as e:  # a bug: never a hang, never a silent end

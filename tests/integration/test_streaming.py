@@ -405,6 +405,19 @@ async def test_non_stream_client_disconnect_cancels_upstream(nats_server, upstre
         assert state.request_count == 1
 
 
+async def test_client_gone_before_first_byte_is_not_handed_to_the_next_candidate(nats_server, upstream):
+    state, base = upstream
+    async with gateway(nats_server.url, base, base) as gw:  # two candidates, same upstream
+        state.delay_first_byte_s = 3
+        with pytest.raises(openai.APITimeoutError):
+            await sdk(gw).chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "slow"}], timeout=0.5
+            )
+        await eventually(lambda: state.cancelled == 1 and state.in_flight == 0, 1.5, "upstream cancel")
+        await asyncio.sleep(0.3)  # a hand-over would reach the upstream by now
+        assert state.request_count == 1  # nobody waits for the answer: no second attempt
+
+
 async def test_stream_client_disconnect_before_first_byte_cancels_upstream(nats_server, upstream):
     state, base = upstream
     async with gateway(nats_server.url, base) as gw:
