@@ -81,6 +81,8 @@ class Ingress(Service):
         if sockets:  # the bound port when 0 was asked
             self.port = sockets[0].getsockname()[1]
         self.log.info("listening", host=host, port=self.port)
+        if not self.keys and host not in ("127.0.0.1", "localhost", "::1"):
+            self.log.warning("open_gateway", host=host, hint="no keys configured: anyone who reaches this port can use it")
 
     async def stop(self) -> None:
         if self.runner is not None:
