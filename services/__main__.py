@@ -32,8 +32,11 @@ def _up(args: argparse.Namespace) -> None:
     host, port = cfg.host_port
 
     def ready() -> None:
-        print(f"switchman: serving the OpenAI API on http://{host}:{port}/v1 (NATS {cfg.nats_url})",
-              file=sys.stderr, flush=True)
+        print(
+            f"switchman: serving the OpenAI API on http://{host}:{port}/v1 (NATS {cfg.nats_url})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     try:
         start(NAMES, cfg, ready)

@@ -48,12 +48,16 @@ class EmbeddedNats:
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(store)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited ({self.proc.returncode}); see {self.data_dir / 'nats-server.log'}")
+                raise RuntimeError(
+                    f"nats-server exited ({self.proc.returncode}); see {self.data_dir / 'nats-server.log'}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     if s.recv(4).startswith(b"INFO"):
@@ -79,4 +83,3 @@ def data_dir(configured: str | None) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_state_dir("switchman"))
-

@@ -106,9 +106,7 @@ class FunctionMessage(_S, tag_field="role", tag="function"):
     name: str
 
 
-Message = (
-    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage
-)
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage
 
 
 # -- tools and formats ----------------------------------------------------------------
@@ -218,7 +216,10 @@ class CompletionRequest(_S):
 
 class EmbeddingRequest(_S):
     model: Annotated[str, Meta(min_length=1)]
-    input: Annotated[str, Meta(min_length=1)] | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=2048)]
+    input: (
+        Annotated[str, Meta(min_length=1)]
+        | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=2048)]
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None
@@ -265,13 +266,9 @@ def check_chat(req: ChatRequest) -> None:
             param="stream_options",
         )
     if req.top_logprobs is not None and not req.logprobs:
-        raise InvalidRequest(
-            "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
-        )
+        raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     if req.tool_choice is not None and not req.tools and req.tool_choice != "none":
-        raise InvalidRequest(
-            "'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice"
-        )
+        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are specified.", param="tool_choice")
     if req.parallel_tool_calls is not None and not req.tools:
         raise InvalidRequest(
             "'parallel_tool_calls' is only allowed when 'tools' are specified.",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .config import Config, ModelRoute, Price, ProviderConfig, SimSettings, Target
+from .config import Config, ModelRoute, Price, ProviderConfig, ProviderKind, SimSettings, Target
 from .contracts import ModelInfo
 
 SIM_MODELS: dict[str, tuple[SimSettings, Price]] = {
@@ -22,7 +22,7 @@ SIM_MODELS: dict[str, tuple[SimSettings, Price]] = {
 }
 
 # Environment variable → (provider id, kind, preset). Read through config.environ().
-ENV_KEYS: dict[str, tuple[str, str, str | None]] = {
+ENV_KEYS: dict[str, tuple[str, ProviderKind, str | None]] = {
     "OPENAI_API_KEY": ("openai", "openai", "openai"),
     "ANTHROPIC_API_KEY": ("anthropic", "anthropic", None),
     "GEMINI_API_KEY": ("gemini", "gemini", None),
@@ -45,16 +45,18 @@ def providers(cfg: Config, env: Mapping[str, str] | None = None) -> list[Provide
     if cfg.sim_models:
         for name, (sim, price) in SIM_MODELS.items():
             if name not in ids:
-                out.append(
-                    ProviderConfig(id=name, kind="sim", models=[name], sim=sim, price={name: price})
-                )
+                out.append(ProviderConfig(id=name, kind="sim", models=[name], sim=sim, price={name: price}))
                 ids.add(name)
     if cfg.env_providers and env:
         for var, (pid, kind, preset) in ENV_KEYS.items():
             if env.get(var) and pid not in ids:
                 out.append(
                     ProviderConfig(
-                        id=pid, kind=kind, preset=preset, api_key=env[var], discover_models=True  # type: ignore[arg-type]
+                        id=pid,
+                        kind=kind,
+                        preset=preset,
+                        api_key=env[var],
+                        discover_models=True,
                     )
                 )
                 ids.add(pid)

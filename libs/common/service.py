@@ -87,9 +87,7 @@ class Service:
 
 def process_id() -> str:
     """A short id unique to this process (subject-token safe)."""
-    return f"{socket.gethostname().split('.')[0][:16]}-{os.getpid()}-{os.urandom(3).hex()}".replace(
-        ".", "-"
-    )
+    return f"{socket.gethostname().split('.')[0][:16]}-{os.getpid()}-{os.urandom(3).hex()}".replace(".", "-")
 
 
 async def connect(url: str, name: str) -> NATS:
@@ -184,8 +182,11 @@ def serve(
         print("switchman: NATS_URL is not set (or use `switchman up`)", file=sys.stderr)
         raise SystemExit(2)
     use_uvloop()
-    asyncio.run(run(services, cfg.nats_url, name="switchman-" + "+".join(s.name for s in services),
-                    started=on_started))
+    asyncio.run(
+        run(
+            services, cfg.nats_url, name="switchman-" + "+".join(s.name for s in services), started=on_started
+        )
+    )
 
 
 def main(factory: Callable[[Config], Service]) -> None:

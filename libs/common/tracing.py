@@ -61,7 +61,9 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def _span(name: str, kind: SpanKind, parent: Mapping[str, str] | None, attrs: dict[str, Any]) -> Iterator[Any]:
+def _span(
+    name: str, kind: SpanKind, parent: Mapping[str, str] | None, attrs: dict[str, Any]
+) -> Iterator[Any]:
     ctx = propagate.extract(parent) if parent else None
     with _tracer.start_as_current_span(name, context=ctx, kind=kind, attributes=attrs) as s:
         yield s

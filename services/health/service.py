@@ -33,7 +33,9 @@ class Health(Service):
         await super().start(nc)
         with contextlib.suppress(JSError, TimeoutError):
             await nc.jetstream().create_key_value(bucket=subjects.KV_HEALTH, history=1)
-        self.sub = await nc.subscribe(subjects.ATTEMPT_EVENTS, queue=subjects.HEALTH_QUEUE, cb=self.on_attempt)
+        self.sub = await nc.subscribe(
+            subjects.ATTEMPT_EVENTS, queue=subjects.HEALTH_QUEUE, cb=self.on_attempt
+        )
 
     async def on_attempt(self, msg: Msg) -> None:
         for ev in contracts.attempt_batch_decoder.decode(msg.data):

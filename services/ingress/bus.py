@@ -79,7 +79,9 @@ class Bus:
 
     async def start(self) -> None:
         self.sub = await self.nc.subscribe(
-            subjects.inbox_wildcard(self.process), cb=self._on_frame, pending_msgs_limit=1_000_000,
+            subjects.inbox_wildcard(self.process),
+            cb=self._on_frame,
+            pending_msgs_limit=1_000_000,
             pending_bytes_limit=512 * 1024 * 1024,
         )
 

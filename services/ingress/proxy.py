@@ -52,8 +52,9 @@ class Route:
 
 
 class Relay:
-    def __init__(self, bus: Bus, call: Call, route: Route, ack_timeout: float, idle_timeout: float,
-                 deadline: float) -> None:
+    def __init__(
+        self, bus: Bus, call: Call, route: Route, ack_timeout: float, idle_timeout: float, deadline: float
+    ) -> None:
         self.bus = bus
         self.call = call
         self.route = route

@@ -62,7 +62,9 @@ class Ingress(Service):
         self.subs: list[Any] = []
         lim = cfg.limits
         self.ack_timeout, self.idle_timeout, self.request_timeout = (
-            lim.ack_timeout_s, lim.idle_timeout_s, lim.request_timeout_s,
+            lim.ack_timeout_s,
+            lim.idle_timeout_s,
+            lim.request_timeout_s,
         )
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -82,7 +84,9 @@ class Ingress(Service):
             self.port = sockets[0].getsockname()[1]
         self.log.info("listening", host=host, port=self.port)
         if not self.keys and host not in ("127.0.0.1", "localhost", "::1"):
-            self.log.warning("open_gateway", host=host, hint="no keys configured: anyone who reaches this port can use it")
+            self.log.warning(
+                "open_gateway", host=host, hint="no keys configured: anyone who reaches this port can use it"
+            )
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -117,21 +121,30 @@ class Ingress(Service):
         except SwitchmanError as e:
             return error_response(e, self._rid(request))
         except web.HTTPRequestEntityTooLarge:
-            return error_response(PayloadTooLarge(
-                f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."), self._rid(request))
+            return error_response(
+                PayloadTooLarge(
+                    f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."
+                ),
+                self._rid(request),
+            )
         except web.HTTPNotFound:
-            return error_response(NotFound(f"Unknown path {request.path}.", code="unknown_url"), self._rid(request))
+            return error_response(
+                NotFound(f"Unknown path {request.path}.", code="unknown_url"), self._rid(request)
+            )
         except web.HTTPMethodNotAllowed as e:
             headers = {**self._rid(request), "Allow": ", ".join(sorted(e.allowed_methods))}
-            return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."),
-                                  headers)
+            return error_response(
+                MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."), headers
+            )
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except web.HTTPException:
             raise
         except Exception:
             self.log.exception("unhandled", path=request.path, request_id=request.get(REQUEST_ID, ""))
-            return error_response(InternalError("The gateway failed to handle the request."), self._rid(request))
+            return error_response(
+                InternalError("The gateway failed to handle the request."), self._rid(request)
+            )
 
     @staticmethod
     def _rid(request: web.Request) -> dict[str, str]:
@@ -172,7 +185,9 @@ class Ingress(Service):
         key = self.authenticate(request)
         length = request.content_length
         if length is not None and length > self.cfg.limits.max_body_bytes:
-            raise PayloadTooLarge(f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes.")
+            raise PayloadTooLarge(
+                f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."
+            )
         body = await request.read()
         if not body:
             raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
@@ -183,15 +198,20 @@ class Ingress(Service):
         stream = bool(getattr(req, "stream", False))
         timeout = self.request_timeout
         env = Envelope(
-            op=op, model=model, request_id=rid, deadline_ms=int((time.time() + timeout) * 1000),
-            stream=stream, key=None if key is None else key.name,
+            op=op,
+            model=model,
+            request_id=rid,
+            deadline_ms=int((time.time() + timeout) * 1000),
+            stream=stream,
+            key=None if key is None else key.name,
             strategy=request.headers.get("x-switchman-strategy") or None,
         )
         with tracing.span(f"ingress.{op}", tracing.SERVER, None, model=model):
             return await self.relay(request, op, contracts.pack(env, body), stream, timeout, rid)
 
-    async def relay(self, request: web.Request, op: str, packed: bytes, stream: bool, timeout: float,
-                    rid: str) -> web.StreamResponse:
+    async def relay(
+        self, request: web.Request, op: str, packed: bytes, stream: bool, timeout: float, rid: str
+    ) -> web.StreamResponse:
         bus = self.bus
         assert bus is not None
         call = bus.open()
@@ -236,4 +256,6 @@ class Ingress(Service):
     async def healthz(self, request: web.Request) -> web.Response:
         ok = self.nc is not None and self.nc.is_connected
         body = {"status": "ok" if ok else "degraded", "nats": "connected" if ok else "disconnected"}
-        return web.Response(status=200 if ok else 503, body=_enc.encode(body), content_type="application/json")
+        return web.Response(
+            status=200 if ok else 503, body=_enc.encode(body), content_type="application/json"
+        )

@@ -62,12 +62,12 @@ def _cost(state: RouterState, t: Target) -> float:
     return p.input_per_mtok + p.output_per_mtok
 
 
-def decide(
-    state: RouterState, model: str, strategy: str | None, now: float, rng: random.Random
-) -> Plan:
+def decide(state: RouterState, model: str, strategy: str | None, now: float, rng: random.Random) -> Plan:
     route = state.routes.get(model)
     if route is None:
-        raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+        raise ModelNotFound(
+            f"The model '{model}' does not exist or you do not have access to it.", param="model"
+        )
     chosen = strategy or route.strategy
     if chosen == "ordered":
         ordered, why = list(route.targets), "ordered"

@@ -70,8 +70,13 @@ def target(env: Envelope) -> Candidate:
 
 
 async def execute(
-    nc: NATS, binding: Binding, env: Envelope, data: bytes, body: memoryview,
-    trace: dict[str, str] | None, sink: InboxSink,
+    nc: NATS,
+    binding: Binding,
+    env: Envelope,
+    data: bytes,
+    body: memoryview,
+    trace: dict[str, str] | None,
+    sink: InboxSink,
 ) -> None:
     """Run one attempt; ``data`` is the whole packed message (for handing it on)."""
     attempt_id = os.urandom(8).hex()
@@ -80,11 +85,17 @@ async def execute(
     error: SwitchmanError | None = None
     cand = target(env)
     try:
-        with tracing.span("worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model):
+        with tracing.span(
+            "worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model
+        ):
             usage = await _run(binding, env, body, sink)
         if env.stream:
             u = usage or Usage()
-            await sink.frame(contracts.done_frame(Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)))
+            await sink.frame(
+                contracts.done_frame(
+                    Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+                )
+            )
     except SwitchmanError as e:
         error = e
     except asyncio.CancelledError:
@@ -100,8 +111,14 @@ async def execute(
     if error is not None:
         error.provider = error.provider or cand.provider
         binding.log.warning(
-            "attempt_failed", request_id=env.request_id, provider=cand.provider, model=cand.model,
-            attempt=env.attempt, status=error.status, error=error.message, after_first_byte=sink.started,
+            "attempt_failed",
+            request_id=env.request_id,
+            provider=cand.provider,
+            model=cand.model,
+            attempt=env.attempt,
+            status=error.status,
+            error=error.message,
+            after_first_byte=sink.started,
         )
         await _fail(nc, sink, env, data, error)
     _report(binding, env, attempt_id, started, sink, usage, error)
@@ -128,38 +145,69 @@ async def _fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: Sw
         failed, nxt = target(env), env.plan[env.attempt]
         await sink.frame(
             contracts.moved_frame(
-                Moved(provider=failed.provider, attempt=env.attempt, status=error.status,
-                      message=error.message, next_provider=nxt.provider)
+                Moved(
+                    provider=failed.provider,
+                    attempt=env.attempt,
+                    status=error.status,
+                    message=error.message,
+                    next_provider=nxt.provider,
+                )
             )
         )
         moved = msgspec.structs.replace(env, attempt=env.attempt + 1)
-        await nc.publish(subjects.exec_subject(nxt.provider), contracts.repack(data, moved),
-                         reply=sink.reply, headers=tracing.carrier())
+        await nc.publish(
+            subjects.exec_subject(nxt.provider),
+            contracts.repack(data, moved),
+            reply=sink.reply,
+            headers=tracing.carrier(),
+        )
         return
     await sink.frame(contracts.error_frame(error.frame()))
 
 
 def _report(
-    binding: Binding, env: Envelope, attempt_id: str, started: float,
-    sink: InboxSink, usage: Usage | None, error: SwitchmanError | None,
+    binding: Binding,
+    env: Envelope,
+    attempt_id: str,
+    started: float,
+    sink: InboxSink,
+    usage: Usage | None,
+    error: SwitchmanError | None,
 ) -> None:
     """Attempt event for health, usage record for the ledger (batched, after the terminal frame)."""
     now = time.monotonic()
     cand = target(env)
     u = usage or Usage()
     event = AttemptEvent(
-        request_id=env.request_id, attempt_id=attempt_id, provider=cand.provider, model=cand.model,
-        op=env.op, status=200 if error is None else error.status, latency_ms=(now - started) * 1000,
+        request_id=env.request_id,
+        attempt_id=attempt_id,
+        provider=cand.provider,
+        model=cand.model,
+        op=env.op,
+        status=200 if error is None else error.status,
+        latency_ms=(now - started) * 1000,
         ttft_ms=(sink.first_at - started) * 1000 if sink.started else None,
-        prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-        error_type=None if error is None else type(error).__name__, stream=env.stream, ts=time.time(),
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        error_type=None if error is None else type(error).__name__,
+        stream=env.stream,
+        ts=time.time(),
     )
     record = None
     if u.prompt_tokens or u.completion_tokens:
         record = UsageRecord(
-            request_id=env.request_id, attempt_id=attempt_id, key=env.key, provider=cand.provider,
-            model=cand.model, client_model=env.model, op=env.op,
-            prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cached_tokens=u.cached_tokens,
-            cost_usd=binding.cost(cand.model, u), status=event.status, ts=event.ts,
+            request_id=env.request_id,
+            attempt_id=attempt_id,
+            key=env.key,
+            provider=cand.provider,
+            model=cand.model,
+            client_model=env.model,
+            op=env.op,
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            cached_tokens=u.cached_tokens,
+            cost_usd=binding.cost(cand.model, u),
+            status=event.status,
+            ts=event.ts,
         )
     binding.telemetry.record(event, record)

@@ -18,7 +18,9 @@ _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def _reject(provider: str, param: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"provider {provider!r} {why}: '{param}'", param=param, code="unsupported_parameter")
+    return InvalidRequest(
+        f"provider {provider!r} {why}: '{param}'", param=param, code="unsupported_parameter"
+    )
 
 
 def fit(req: dict[str, Any], profile: Profile, provider: str, drop: bool) -> dict[str, Any]:

@@ -88,7 +88,9 @@ class Worker(Service):
         await discovery.models(self.bindings.values(), self.log)
         for pid in self.bindings:
             self.subs.append(
-                await nc.subscribe(subjects.exec_subject(pid), queue=subjects.worker_queue(pid), cb=self.on_exec)
+                await nc.subscribe(
+                    subjects.exec_subject(pid), queue=subjects.worker_queue(pid), cb=self.on_exec
+                )
             )
         self.subs.append(await nc.subscribe(subjects.CANCEL, cb=self.on_cancel))
         self.subs.append(await nc.subscribe(subjects.CATALOG_REQUEST, cb=self.on_catalog_request))
@@ -103,8 +105,14 @@ class Worker(Service):
         proto = protocol_class(profile.kind if p.kind == "openai" else p.kind)(p, profile)
         session = new_session(p)
         self.bindings[p.id] = Binding(
-            provider=p, profile=profile, protocol=proto, upstream=Upstream(p, proto, session),
-            session=session, log=self.log, telemetry=self.telemetry, models=list(p.models),
+            provider=p,
+            profile=profile,
+            protocol=proto,
+            upstream=Upstream(p, proto, session),
+            session=session,
+            log=self.log,
+            telemetry=self.telemetry,
+            models=list(p.models),
         )
 
     async def stop(self) -> None:
@@ -132,16 +140,29 @@ class Worker(Service):
         except (KeyError, ValueError, IndexError) as e:
             self.log.warning("bad_exec_message", error=repr(e))
             return
-        ack = Ack(provider=cand.provider, model=cand.model, attempt=env.attempt, worker=self.id,
-                  reason=env.reason, plan_size=len(env.plan))
+        ack = Ack(
+            provider=cand.provider,
+            model=cand.model,
+            attempt=env.attempt,
+            worker=self.id,
+            reason=env.reason,
+            plan_size=len(env.plan),
+        )
         await nc.publish(reply, contracts.ack_frame(ack))
         sink = InboxSink(nc, reply)
         if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
             err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
             await sink.frame(contracts.error_frame(err.frame()))
 
-    async def _execute(self, binding: Binding, env: Envelope, data: bytes, body: memoryview,
-                       trace: dict[str, str] | None, sink: InboxSink) -> None:
+    async def _execute(
+        self,
+        binding: Binding,
+        env: Envelope,
+        data: bytes,
+        body: memoryview,
+        trace: dict[str, str] | None,
+        sink: InboxSink,
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None and self.nc is not None
         self.active[sink.reply] = (task, sink)

@@ -65,8 +65,12 @@ def make_app(settings: SimSettings | None = None) -> web.Application:
         return handle
 
     async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": "sim", "object": "model", "created": 0, "owned_by": "switchman"}]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"id": "sim", "object": "model", "created": 0, "owned_by": "switchman"}],
+            }
+        )
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", handler("chat"))
@@ -82,5 +86,3 @@ def serve(host: str, port: int, ttft_ms: float = 0.0, tokens_per_s: float = 0.0)
     use_uvloop()
     app = make_app(SimSettings(ttft_ms=ttft_ms, tokens_per_s=tokens_per_s))
     web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=True)
-
-

@@ -59,7 +59,8 @@ class Telemetry:
             batch, self.usage = self.usage, []
             try:
                 await self.nc.publish(
-                    subjects.usage_subject(self.worker), contracts.encode(batch),
+                    subjects.usage_subject(self.worker),
+                    contracts.encode(batch),
                     headers={H.MSG_ID: f"{self.worker}-{next(self._seq)}"},
                 )
             except Exception:

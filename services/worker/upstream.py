@@ -49,7 +49,9 @@ class Upstream:
 
     async def _fetch(self, call: HttpCall) -> HttpResponse:
         try:
-            async with self.session.request(call.method, call.url, data=call.body, headers=call.headers) as resp:
+            async with self.session.request(
+                call.method, call.url, data=call.body, headers=call.headers
+            ) as resp:
                 body = await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise self._failed(e) from None

@@ -17,12 +17,17 @@ IDLE_TIMEOUT = 2.0
 
 class Cluster:
     def __init__(self, tmp_path, nats_url: str, base: str) -> None:
-        data = config_dict(providers=[openai_provider("emu", base, ["gpt-4o-mini"])],
-                           limits={"idle_timeout_s": IDLE_TIMEOUT, "ack_timeout_s": 1.0})
+        data = config_dict(
+            providers=[openai_provider("emu", base, ["gpt-4o-mini"])],
+            limits={"idle_timeout_s": IDLE_TIMEOUT, "ack_timeout_s": 1.0},
+        )
         self.port = int(data["listen"].rsplit(":", 1)[1])
         self.cfg = write_config(tmp_path / "switchman.yaml", data)
-        self.env = {"NATS_URL": nats_url, "SWITCHMAN_CONFIG": str(self.cfg),
-                    "SWITCHMAN_DATA_DIR": str(tmp_path / "state")}
+        self.env = {
+            "NATS_URL": nats_url,
+            "SWITCHMAN_CONFIG": str(self.cfg),
+            "SWITCHMAN_DATA_DIR": str(tmp_path / "state"),
+        }
         self.tmp = tmp_path
         self.procs: dict[str, Proc] = {}
 
@@ -62,7 +67,8 @@ async def test_worker_killed_mid_stream_ends_with_error_event(cluster, upstream)
     await wait_model(cluster.base_url, "gpt-4o-mini")
     state.chunk_delay_s = 0.05
     stream = await cluster.client().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "#words:400"}], stream=True)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "#words:400"}], stream=True
+    )
     got = 0
     killed_at = None
     with pytest.raises(openai.APIError) as err:
@@ -98,7 +104,8 @@ async def test_services_reconnect_after_nats_restart(cluster, nats_server_fn):
     nats_server_fn.start()
     await wait_model(cluster.base_url, "gpt-4o-mini", timeout=20)
     resp = await cluster.client().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "after restart"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "after restart"}]
+    )
     assert resp.choices[0].message.content == "You said: after restart"
     codes = cluster.stop()
     assert all(c == 0 for c in codes.values()), (codes, cluster.logs())

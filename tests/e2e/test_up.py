@@ -28,8 +28,11 @@ async def test_switchman_up_serves_sim_and_configured_providers(tmp_path):
         data.pop("log_level")
         cfg = write_config(tmp_path / "switchman.yaml", data)
         port = int(data["listen"].rsplit(":", 1)[1])
-        proc = Proc.start(switchman_cmd("up", "--config", str(cfg)), {"SWITCHMAN_DATA_DIR": str(tmp_path / "state"),
-                                                                       "NATS_URL": ""}, tmp_path / "up.log")
+        proc = Proc.start(
+            switchman_cmd("up", "--config", str(cfg)),
+            {"SWITCHMAN_DATA_DIR": str(tmp_path / "state"), "NATS_URL": ""},
+            tmp_path / "up.log",
+        )
         try:
             base = f"http://127.0.0.1:{port}/v1"
             await wait_http(f"http://127.0.0.1:{port}/healthz", procs=[proc])
@@ -41,15 +44,23 @@ async def test_switchman_up_serves_sim_and_configured_providers(tmp_path):
             assert {"sim-fast", "sim-cheap", "sim-smart", "gpt-4o-mini"} <= ids
 
             resp = await client.chat.completions.create(
-                model="sim-fast", messages=[{"role": "user", "content": "hello"}], max_tokens=8)
+                model="sim-fast", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+            )
             validate("CreateChatCompletionResponse", resp.model_dump(exclude_unset=True))
             again = await client.chat.completions.create(
-                model="sim-fast", messages=[{"role": "user", "content": "hello"}], max_tokens=8)
+                model="sim-fast", messages=[{"role": "user", "content": "hello"}], max_tokens=8
+            )
             assert resp.choices[0].message.content == again.choices[0].message.content  # deterministic
 
-            chunks = [c.model_dump(exclude_unset=True) async for c in await client.chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me"}], stream=True,
-                stream_options={"include_usage": True})]
+            chunks = [
+                c.model_dump(exclude_unset=True)
+                async for c in await client.chat.completions.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "stream me"}],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            ]
             validate_sse_chunks(chunks)
             text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
             assert text == "You said: stream me"

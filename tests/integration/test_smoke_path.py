@@ -13,13 +13,21 @@ async def test_chat_stream_and_failover(nats_server, upstream):
     state, base = upstream
     cfg = config(
         providers=[openai_provider("a", base, ["gpt-4o-mini"]), openai_provider("b", base, ["gpt-4o-mini"])],
-        models=[{"name": "m", "targets": [{"provider": "a", "model": "gpt-4o-mini"},
-                                          {"provider": "b", "model": "gpt-4o-mini"}]}],
+        models=[
+            {
+                "name": "m",
+                "targets": [
+                    {"provider": "a", "model": "gpt-4o-mini"},
+                    {"provider": "b", "model": "gpt-4o-mini"},
+                ],
+            }
+        ],
     )
     async with in_process(cfg, nats_server.url) as gw:
         client = gw.openai()
         raw = await client.chat.completions.with_raw_response.create(
-            model="m", messages=[{"role": "user", "content": "hello there"}])
+            model="m", messages=[{"role": "user", "content": "hello there"}]
+        )
         body = raw.parse()
         validate("CreateChatCompletionResponse", body.model_dump(exclude_unset=True))
         assert body.choices[0].message.content == "You said: hello there"
@@ -27,8 +35,11 @@ async def test_chat_stream_and_failover(nats_server, upstream):
 
         chunks = []
         stream = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
-            stream_options={"include_usage": True})
+            model="m",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         async for c in stream:
             chunks.append(c.model_dump(exclude_unset=True))
         validate_sse_chunks(chunks)
@@ -36,7 +47,8 @@ async def test_chat_stream_and_failover(nats_server, upstream):
 
         state.fail_next = [500]
         raw = await client.chat.completions.with_raw_response.create(
-            model="m", messages=[{"role": "user", "content": "again"}])
+            model="m", messages=[{"role": "user", "content": "again"}]
+        )
         assert raw.headers["x-switchman-provider"] == "b"
         assert raw.headers["x-switchman-attempts"] == "2"
 

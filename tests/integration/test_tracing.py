@@ -28,7 +28,8 @@ async def test_one_trace_spans_every_hop(nats_server, spans):
         cfg = config(providers=[openai_provider("emu", base, ["gpt-4o-mini"])])
         async with in_process(cfg, nats_server.url) as gw:
             await gw.openai().chat.completions.create(
-                model="gpt-4o-mini", messages=[{"role": "user", "content": "trace me"}])
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "trace me"}]
+            )
     by_name = {s.name: s for s in spans.get_finished_spans()}
     hops = ["ingress.chat", "router.decide", "worker.attempt", "upstream POST"]
     assert set(hops) <= set(by_name), sorted(by_name)

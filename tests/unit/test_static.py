@@ -21,8 +21,12 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_lint_is_clean():
-    out = subprocess.run([_tool("ruff"), "check", "libs", "services", "tests", "bench"], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [_tool("ruff"), "check", "libs", "services", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

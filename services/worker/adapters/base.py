@@ -175,9 +175,7 @@ class Protocol:
 
     # -- legacy completions ------------------------------------------------------
     def completions_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
-        raise InvalidRequest(
-            f"provider {self.provider.id!r} does not serve /v1/completions", param="model"
-        )
+        raise InvalidRequest(f"provider {self.provider.id!r} does not serve /v1/completions", param="model")
 
     def completions_response(self, body: bytes, model: str) -> Translated:
         raise NotImplementedError
@@ -187,9 +185,7 @@ class Protocol:
 
     # -- embeddings --------------------------------------------------------------
     def embeddings_request(self, req: dict[str, Any], model: str) -> HttpCall:
-        raise InvalidRequest(
-            f"provider {self.provider.id!r} does not serve embeddings", param="model"
-        )
+        raise InvalidRequest(f"provider {self.provider.id!r} does not serve embeddings", param="model")
 
     def embeddings_response(self, body: bytes, model: str, req: dict[str, Any]) -> Translated:
         raise NotImplementedError

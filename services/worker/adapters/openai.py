@@ -115,7 +115,13 @@ class OpenAIProtocol(Protocol):
 
     # -- chat / completions: same wire shape, different path ------------------------------
     def chat_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
-        return HttpCall("POST", self._url(self.profile.chat_path, model), self.headers, self._body(req, model, stream), stream)
+        return HttpCall(
+            "POST",
+            self._url(self.profile.chat_path, model),
+            self.headers,
+            self._body(req, model, stream),
+            stream,
+        )
 
     def completions_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
         path = self.profile.chat_path.replace("chat/completions", "completions")
@@ -125,7 +131,9 @@ class OpenAIProtocol(Protocol):
         try:
             parsed = _usage_dec.decode(body)
         except msgspec.DecodeError:
-            raise UpstreamError(f"provider {self.provider.id!r} sent an invalid JSON body", provider=self.provider.id) from None
+            raise UpstreamError(
+                f"provider {self.provider.id!r} sent an invalid JSON body", provider=self.provider.id
+            ) from None
         return Translated(body, _usage(parsed.usage))
 
     completions_response = chat_response
@@ -227,7 +235,9 @@ class PassthroughStream(StreamTranslator):
         try:
             return _chunk_dec.decode(data)
         except msgspec.DecodeError:
-            raise UpstreamError(f"provider {self.provider!r} sent an invalid stream chunk", provider=self.provider) from None
+            raise UpstreamError(
+                f"provider {self.provider!r} sent an invalid stream chunk", provider=self.provider
+            ) from None
 
     def _inspect(self, data: bytes) -> list[bytes]:
         chunk = self._decode(data)
@@ -249,11 +259,23 @@ class PassthroughStream(StreamTranslator):
 
     def close(self) -> list[bytes]:
         if not self.done:
-            raise UpstreamError(f"stream from provider {self.provider!r} ended before [DONE]", provider=self.provider)
+            raise UpstreamError(
+                f"stream from provider {self.provider!r} ended before [DONE]", provider=self.provider
+            )
         if self.include_usage and not self._sent_usage:
             if self.usage is None:
                 self.usage = Usage(completion_tokens=self._pieces)
             first = self._first or _StreamChunk(id=new_id(), created=now(), model=self._model)
-            return [_enc.encode({"id": first.id, "object": first.object, "created": first.created,
-                                 "model": first.model, "choices": [], "usage": self.usage.to_openai()})]
+            return [
+                _enc.encode(
+                    {
+                        "id": first.id,
+                        "object": first.object,
+                        "created": first.created,
+                        "model": first.model,
+                        "choices": [],
+                        "usage": self.usage.to_openai(),
+                    }
+                )
+            ]
         return []

@@ -76,8 +76,11 @@ def plan_answer(req: dict[str, Any], settings: SimSettings) -> tuple[list[str], 
     tools = req.get("tools") or []
     if tools and (tc == "required" or isinstance(tc, dict)):
         name = tc["function"]["name"] if isinstance(tc, dict) else tools[0]["function"]["name"]
-        call = {"id": "call_" + hashlib.blake2b(text.encode(), digest_size=6).hexdigest(), "type": "function",
-                "function": {"name": name, "arguments": "{}"}}
+        call = {
+            "id": "call_" + hashlib.blake2b(text.encode(), digest_size=6).hexdigest(),
+            "type": "function",
+            "function": {"name": name, "arguments": "{}"},
+        }
         return [], call, "tool_calls"
     rf = req.get("response_format") or {}
     if rf.get("type") in ("json_object", "json_schema"):
@@ -111,16 +114,22 @@ class SimProtocol(Protocol):
         self.settings: SimSettings = provider.sim or SimSettings()
         self.rng = random.Random()
 
-    async def run(self, http: Http, sink: Sink, op: str, req: dict[str, Any], model: str, stream: bool) -> Usage | None:
+    async def run(
+        self, http: Http, sink: Sink, op: str, req: dict[str, Any], model: str, stream: bool
+    ) -> Usage | None:
         s = self.settings
         if s.failure_rate and self.rng.random() < s.failure_rate:
-            raise UpstreamError(f"provider {self.provider.id!r} failed (500): simulated failure", provider=self.provider.id)
+            raise UpstreamError(
+                f"provider {self.provider.id!r} failed (500): simulated failure", provider=self.provider.id
+            )
         if s.ttft_ms:
             await asyncio.sleep(s.ttft_ms / 1000)
         if op == "embeddings":
             return await self._embeddings(sink, req, model)
         toks, call, finish = plan_answer(req, s)
-        usage = Usage(prompt_tokens=count_tokens(prompt_text(req)), completion_tokens=max(len(toks), 1 if call else 0))
+        usage = Usage(
+            prompt_tokens=count_tokens(prompt_text(req)), completion_tokens=max(len(toks), 1 if call else 0)
+        )
         n = req.get("n") or 1
         if op == "completions":
             return await self._completion(sink, req, model, stream, toks, finish, usage)
@@ -155,13 +164,26 @@ class SimProtocol(Protocol):
             await sink.chunk(*chunks[i : i + step])
             await asyncio.sleep(step / rate)
 
-    async def _completion(self, sink: Sink, req: dict[str, Any], model: str, stream: bool,
-                          toks: list[str], finish: str, usage: Usage) -> Usage:
+    async def _completion(
+        self,
+        sink: Sink,
+        req: dict[str, Any],
+        model: str,
+        stream: bool,
+        toks: list[str],
+        finish: str,
+        usage: Usage,
+    ) -> Usage:
         cid, created = new_id("cmpl-"), now()
 
         def body(text: str, fin: str | None, with_usage: bool = False) -> bytes:
-            out: dict[str, Any] = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                                   "choices": [{"index": 0, "text": text, "finish_reason": fin, "logprobs": None}]}
+            out: dict[str, Any] = {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": fin, "logprobs": None}],
+            }
             if with_usage:
                 out["usage"] = usage.to_openai()
             return encode(out)
@@ -172,8 +194,18 @@ class SimProtocol(Protocol):
         await self._pace(sink, [body(t, None) for t in toks])
         await sink.chunk(body("", finish))
         if (req.get("stream_options") or {}).get("include_usage"):
-            await sink.chunk(encode({"id": cid, "object": "text_completion", "created": created, "model": model,
-                                     "choices": [], "usage": usage.to_openai()}))
+            await sink.chunk(
+                encode(
+                    {
+                        "id": cid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage.to_openai(),
+                    }
+                )
+            )
         return usage
 
     async def _embeddings(self, sink: Sink, req: dict[str, Any], model: str) -> Usage:
