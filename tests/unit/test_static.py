@@ -30,6 +30,16 @@ def test_ruff_lint_is_clean():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_ruff_format_is_applied():
+    out = subprocess.run(
+        [_tool("ruff"), "format", "--check", "libs", "services", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, "run `ruff format libs services tests bench`:\n" + out.stdout + out.stderr
+
+
 @pytest.mark.timeout(600)
 def test_mypy_type_check_is_clean():
     out = subprocess.run([_tool("mypy"), "libs", "services"], cwd=ROOT, capture_output=True, text=True)
