@@ -23,7 +23,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from libs.common import contracts, openai, subjects, tracing
+from libs.common import contracts, log, openai, subjects, tracing
 from libs.common.config import Config, KeyConfig
 from libs.common.contracts import Envelope
 from libs.common.errors import (
@@ -182,6 +182,7 @@ class Ingress(Service):
         if not _REQUEST_ID.match(rid):
             rid = "req_" + os.urandom(12).hex()
         request[REQUEST_ID] = rid
+        log.bind(request_id=rid)  # this handler's task context: its log lines carry the id
         key = self.authenticate(request)
         length = request.content_length
         if length is not None and length > self.cfg.limits.max_body_bytes:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from libs.common import contracts, subjects, tracing
+from libs.common import contracts, log, subjects, tracing
 from libs.common.contracts import AttemptEvent, Candidate, Done, Envelope, Moved, UsageRecord
 from libs.common.errors import GatewayTimeout, InternalError, InvalidRequest, SwitchmanError, UpstreamError
 
@@ -84,6 +84,8 @@ async def execute(
     usage: Usage | None = None
     error: SwitchmanError | None = None
     cand = target(env)
+    # This task's own context: every log line of the attempt carries these.
+    log.bind(request_id=env.request_id, provider=cand.provider, attempt=env.attempt)
     try:
         with tracing.span(
             "worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model
@@ -106,21 +108,18 @@ async def execute(
         _report(binding, env, attempt_id, started, sink, usage, error)
         raise
     except Exception as e:  # a bug: never a hang, never a silent end
-        binding.log.exception("attempt_crashed", request_id=env.request_id, provider=cand.provider)
+        binding.log.exception("attempt_crashed")
         error = InternalError(f"internal error in the worker: {type(e).__name__}")
     if error is not None:
         error.provider = error.provider or cand.provider
         binding.log.warning(
             "attempt_failed",
-            request_id=env.request_id,
-            provider=cand.provider,
             model=cand.model,
-            attempt=env.attempt,
             status=error.status,
             error=error.message,
             after_first_byte=sink.started,
         )
-        await _fail(nc, sink, env, data, error)
+        await fail(nc, sink, env, data, error)
     _report(binding, env, attempt_id, started, sink, usage, error)
 
 
@@ -139,7 +138,8 @@ async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSin
         raise GatewayTimeout("the request deadline passed before the provider finished") from None
 
 
-async def _fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: SwitchmanError) -> None:
+async def fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: SwitchmanError) -> None:
+    """End the attempt: hand the request to the next candidate when it may, else an E frame."""
     past_deadline = time.time() * 1000 >= env.deadline_ms
     if not sink.started and error.retryable and env.attempt < len(env.plan) and not past_deadline:
         failed, nxt = target(env), env.plan[env.attempt]

@@ -30,7 +30,7 @@ from libs.common.service import Service, Tasks, process_id
 from . import catalog, discovery
 from .adapters import protocol_class
 from .adapters.base import Protocol
-from .attempt import InboxSink, execute, target
+from .attempt import InboxSink, execute, fail, target
 from .chunks import Usage
 from .profiles import Profile, profile_for
 from .telemetry import Telemetry
@@ -152,7 +152,7 @@ class Worker(Service):
         sink = InboxSink(nc, reply)
         if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
             err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
-            await sink.frame(contracts.error_frame(err.frame()))
+            await fail(nc, sink, env, msg.data, err)  # the next candidate may have room
 
     async def _execute(
         self,
