@@ -137,7 +137,16 @@ async def run(
     """Run ``services`` on one connection until a signal (or ``stop``) arrives, then drain."""
     stop = stop or asyncio.Event()
     install_signal_handlers(stop)
-    nc = await connect(nats_url, name)
+    # NATS may come up after us (containers): keep trying, but a signal still stops us.
+    connecting = asyncio.ensure_future(connect(nats_url, name))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        logger.info("stopped_before_connecting")
+        return
+    stopping.cancel()
+    nc = connecting.result()
     begun: list[Service] = []
     try:
         for svc in services:
@@ -182,11 +191,12 @@ def serve(
         print("switchman: NATS_URL is not set (or use `switchman up`)", file=sys.stderr)
         raise SystemExit(2)
     use_uvloop()
-    asyncio.run(
-        run(
-            services, cfg.nats_url, name="switchman-" + "+".join(s.name for s in services), started=on_started
-        )
-    )
+    name = "switchman-" + "+".join(s.name for s in services)
+    try:
+        asyncio.run(run(services, cfg.nats_url, name=name, started=on_started))
+    except OSError as e:  # the listen port is taken, and the like: a message, not a traceback
+        print(f"switchman: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def main(factory: Callable[[Config], Service]) -> None:
