@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.emulators.openai_upstream import UpstreamState, running
@@ -71,3 +73,34 @@ async def test_switchman_up_serves_sim_and_configured_providers(tmp_path):
             code = proc.terminate()
         assert code == 0, proc.output()[-3000:]
         assert "Traceback" not in proc.output()
+
+
+async def test_a_service_waiting_for_nats_stops_on_sigterm(tmp_path):
+    from tests.gateway import service_cmd
+    from tests.natsutil import free_port
+
+    cfg = write_config(tmp_path / "switchman.yaml", config_dict())
+    env = {"NATS_URL": f"nats://127.0.0.1:{free_port()}", "SWITCHMAN_CONFIG": str(cfg)}
+    proc = Proc.start(service_cmd("router"), env, tmp_path / "router.log")
+    await asyncio.sleep(1.0)  # retrying the connection to a server that is not there
+    assert proc.alive()
+    assert proc.terminate(timeout=5) == 0, proc.output()[-2000:]
+
+
+async def test_a_taken_port_is_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        data = config_dict(listen=f"127.0.0.1:{port}")
+        cfg = write_config(tmp_path / "switchman.yaml", data)
+        proc = Proc.start(
+            switchman_cmd("up", "--config", str(cfg)),
+            {"SWITCHMAN_DATA_DIR": str(tmp_path / "state"), "NATS_URL": ""},
+            tmp_path / "up.log",
+        )
+        code = await asyncio.to_thread(proc.popen.wait, 30)
+    assert code == 1
+    assert "cannot start" in proc.output() and "Traceback" not in proc.output()
