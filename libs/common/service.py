@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -24,6 +25,8 @@ from . import log, tracing
 from .config import Config, ConfigError, load
 
 logger = log.get("lifecycle")
+
+ERROR_LOG_EVERY_S = 10.0
 
 
 class Tasks:
@@ -93,8 +96,14 @@ def process_id() -> str:
 async def connect(url: str, name: str) -> NATS:
     """Connect with endless reconnects; the services keep serving across a server restart."""
 
+    last: dict[str, float] = {}
+
     async def on_error(e: Exception) -> None:
-        logger.warning("nats_error", error=repr(e))
+        # A server that is down fails every reconnect attempt (4 a second): say it every 10 s.
+        key, now = repr(e), time.monotonic()
+        if now - last.get(key, -ERROR_LOG_EVERY_S) >= ERROR_LOG_EVERY_S:
+            last[key] = now
+            logger.warning("nats_error", error=key)
 
     async def on_disconnect() -> None:
         logger.warning("nats_disconnected")
