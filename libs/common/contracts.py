@@ -100,7 +100,7 @@ class AttemptEvent(_Msg, frozen=True):
 
 
 class UsageRecord(_Msg, frozen=True):
-    """One billed upstream call, on JetStream SW_USAGE (msg-id = attempt_id)."""
+    """One billed upstream call; workers publish them in batches to JetStream SW_USAGE."""
 
     request_id: str
     attempt_id: str
@@ -164,10 +164,7 @@ KEEPALIVE = ord("K")
 
 encode = msgspec.json.Encoder().encode
 envelope_decoder = msgspec.json.Decoder(Envelope)
-plan_decoder = msgspec.json.Decoder(list[Candidate])
 ack_decoder = msgspec.json.Decoder(Ack)
-moved_decoder = msgspec.json.Decoder(Moved)
-done_decoder = msgspec.json.Decoder(Done)
 error_decoder = msgspec.json.Decoder(ErrorFrame)
 # Attempt events and usage records travel in batches (one message per worker flush).
 attempt_batch_decoder = msgspec.json.Decoder(list[AttemptEvent])
@@ -178,24 +175,12 @@ catalog_decoder = msgspec.json.Decoder(Catalog)
 KEEPALIVE_FRAME = b"K"
 
 
-def frame(kind: int, payload: bytes) -> bytes:
-    return bytes((kind,)) + payload
-
-
 def ack_frame(ack: Ack) -> bytes:
     return b"A" + encode(ack)
 
 
 def error_frame(err: ErrorFrame) -> bytes:
     return b"E" + encode(err)
-
-
-def chunk_frame(data: bytes) -> bytes:
-    return b"C" + data
-
-
-def result_frame(body: bytes) -> bytes:
-    return b"R" + body
 
 
 def done_frame(done: Done) -> bytes:

@@ -97,7 +97,3 @@ def add_catalog(table: dict[str, ModelRoute], models: Iterable[ModelInfo], confi
             table[info.id] = ModelRoute(name=info.id, targets=[target])
         elif all(t.provider != info.provider or t.model != info.id for t in existing.targets):
             table[info.id] = ModelRoute(name=info.id, targets=[*existing.targets, target])
-
-
-def price_of(p: ProviderConfig, model: str) -> Price | None:
-    return p.price.get(model)

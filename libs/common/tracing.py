@@ -8,10 +8,9 @@ hot path pays nothing.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
@@ -56,10 +55,6 @@ def use_provider(provider: Any) -> None:
     _tracer = provider.get_tracer("switchman")
 
 
-def enabled() -> bool:
-    return _enabled
-
-
 @contextlib.contextmanager
 def _span(
     name: str, kind: SpanKind, parent: Mapping[str, str] | None, attrs: dict[str, Any]
@@ -88,13 +83,3 @@ def carrier() -> dict[str, str] | None:
     headers: dict[str, str] = {}
     propagate.inject(headers)
     return headers or None
-
-
-def inject(headers: MutableMapping[str, str]) -> None:
-    """Write the current trace context (traceparent/tracestate) into NATS headers."""
-    if _enabled:
-        propagate.inject(headers)
-
-
-def current_context() -> otel_context.Context:
-    return otel_context.get_current()
