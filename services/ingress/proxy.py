@@ -18,7 +18,7 @@ from aiohttp import web
 from libs.common import contracts
 from libs.common.errors import GatewayTimeout, NoProvider, SwitchmanError, UpstreamError, from_frame
 
-from .bus import NO_RESPONDERS, Bus, Call
+from .bus import NO_RESPONDERS, Call
 from .render import error_event
 
 _SSE_HEADERS = {
@@ -53,9 +53,8 @@ class Route:
 
 class Relay:
     def __init__(
-        self, bus: Bus, call: Call, route: Route, ack_timeout: float, idle_timeout: float, deadline: float
+        self, call: Call, route: Route, ack_timeout: float, idle_timeout: float, deadline: float
     ) -> None:
-        self.bus = bus
         self.call = call
         self.route = route
         self.ack_timeout = ack_timeout
@@ -79,7 +78,7 @@ class Relay:
                 raise GatewayTimeout(
                     f"the worker serving provider {self.route.provider!r} went silent for {self.idle_timeout:g}s"
                 )
-            if data is NO_RESPONDERS or data == NO_RESPONDERS:
+            if data == NO_RESPONDERS:
                 what = "worker" if self.route.attempts or self.acked else "router or worker"
                 raise NoProvider(f"no {what} is serving this request right now")
             kind = data[0]

@@ -48,6 +48,17 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _enc = msgspec.json.Encoder()
 
 
+def request_id(request: web.Request) -> str:
+    """The client's ``x-request-id`` when it is sane, else a new one; fixed once per request."""
+    rid: str | None = request.get(REQUEST_ID)
+    if rid is None:
+        rid = request.headers.get("x-request-id", "")
+        if not _REQUEST_ID.match(rid):
+            rid = "req_" + os.urandom(12).hex()
+        request[REQUEST_ID] = rid
+    return rid
+
+
 class Ingress(Service):
     name = "ingress"
 
@@ -136,22 +147,17 @@ class Ingress(Service):
             return error_response(
                 MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}."), headers
             )
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except web.HTTPException:
+        except (ConnectionResetError, web.HTTPException):
             raise
         except Exception:
-            self.log.exception("unhandled", path=request.path, request_id=request.get(REQUEST_ID, ""))
+            self.log.exception("unhandled", path=request.path)
             return error_response(
                 InternalError("The gateway failed to handle the request."), self._rid(request)
             )
 
     @staticmethod
     def _rid(request: web.Request) -> dict[str, str]:
-        rid: str = request.get(REQUEST_ID) or request.headers.get("x-request-id") or ""
-        if not _REQUEST_ID.match(rid):
-            rid = "req_" + os.urandom(12).hex()
-        return {"x-request-id": rid}
+        return {"x-request-id": request_id(request)}
 
     # -- auth ---------------------------------------------------------------------------------
     def authenticate(self, request: web.Request) -> KeyConfig | None:
@@ -178,18 +184,10 @@ class Ingress(Service):
         return await self.proxy(request, "embeddings")
 
     async def proxy(self, request: web.Request, op: str) -> web.StreamResponse:
-        rid = request.headers.get("x-request-id", "")
-        if not _REQUEST_ID.match(rid):
-            rid = "req_" + os.urandom(12).hex()
-        request[REQUEST_ID] = rid
+        rid = request_id(request)
         log.bind(request_id=rid)  # this handler's task context: its log lines carry the id
         key = self.authenticate(request)
-        length = request.content_length
-        if length is not None and length > self.cfg.limits.max_body_bytes:
-            raise PayloadTooLarge(
-                f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."
-            )
-        body = await request.read()
+        body = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge, a 413 below
         if not body:
             raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
         req = openai.decode(op, body)
@@ -216,7 +214,7 @@ class Ingress(Service):
         bus = self.bus
         assert bus is not None
         call = bus.open()
-        relay = Relay(bus, call, Route(rid), self.ack_timeout, self.idle_timeout, time.monotonic() + timeout)
+        relay = Relay(call, Route(rid), self.ack_timeout, self.idle_timeout, time.monotonic() + timeout)
         try:
             await bus.send(call, subjects.route(op), packed, tracing.carrier())
             if stream:
