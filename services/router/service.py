@@ -71,9 +71,8 @@ class Router(Service):
     async def on_catalog(self, msg: Msg) -> None:
         cat = contracts.catalog_decoder.decode(msg.data)
         registry.add_catalog(self.state.routes, cat.models, self.configured)
-        now = time.monotonic()
+        # Liveness comes from heartbeats (a worker sends one with every catalog).
         for m in cat.models:
-            self.state.seen[m.provider] = now
             if m.input_per_mtok is not None:
                 self.state.prices.setdefault(
                     (m.provider, m.id),

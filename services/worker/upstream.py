@@ -45,53 +45,45 @@ class Upstream:
 
     async def fetch(self, call: HttpCall) -> HttpResponse:
         with tracing.span(f"upstream {call.method}", tracing.CLIENT, None, **{"http.url": call.url}):
-            return await self._fetch(call)
-
-    async def _fetch(self, call: HttpCall) -> HttpResponse:
-        try:
-            async with self.session.request(
-                call.method, call.url, data=call.body, headers=call.headers
-            ) as resp:
-                body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise self._failed(e) from None
+            try:
+                async with self.session.request(
+                    call.method, call.url, data=call.body, headers=call.headers
+                ) as resp:
+                    body = await resp.read()
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                raise self._failed(e) from None
         if resp.status >= 400:
             raise self.protocol.error(resp.status, body, resp.headers)
         return HttpResponse(resp.status, resp.headers, body)
 
     async def events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
         with tracing.span(f"upstream {call.method} (stream)", tracing.CLIENT, None, **{"http.url": call.url}):
-            async for batch in self._events(call):
-                yield batch
-
-    async def _events(self, call: HttpCall) -> AsyncIterator[list[tuple[str, bytes]]]:
-        try:
-            resp = await self.session.request(call.method, call.url, data=call.body, headers=call.headers)
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise self._failed(e) from None
-        try:
-            if resp.status >= 400:
-                body = await resp.read()
-                raise self.protocol.error(resp.status, body, resp.headers)
-            parser = SSEParser()
             try:
-                async for data in resp.content.iter_any():
-                    batch = parser.feed(data)
-                    if batch:
-                        yield batch
+                resp = await self.session.request(call.method, call.url, data=call.body, headers=call.headers)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                raise UpstreamError(
-                    f"stream from provider {self.provider.id!r} broke: {type(e).__name__}",
-                    provider=self.provider.id,
-                ) from None
-            tail = parser.flush()
-            if tail:
-                yield tail
-        finally:
-            if resp.content.at_eof():
-                resp.release()  # back to the pool
-            else:
-                resp.close()  # abandoned mid-body: the connection cannot be reused
+                raise self._failed(e) from None
+            try:
+                if resp.status >= 400:
+                    raise self.protocol.error(resp.status, await resp.read(), resp.headers)
+                parser = SSEParser()
+                try:
+                    async for data in resp.content.iter_any():
+                        batch = parser.feed(data)
+                        if batch:
+                            yield batch
+                except (TimeoutError, aiohttp.ClientError, OSError) as e:
+                    raise UpstreamError(
+                        f"stream from provider {self.provider.id!r} broke: {type(e).__name__}",
+                        provider=self.provider.id,
+                    ) from None
+                tail = parser.flush()
+                if tail:
+                    yield tail
+            finally:
+                if resp.content.at_eof():
+                    resp.release()  # back to the pool
+                else:
+                    resp.close()  # abandoned mid-body: the connection cannot be reused
 
 
 class SSEParser:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 
@@ -94,11 +95,22 @@ class OpenAIProtocol(Protocol):
             self.headers["Authorization"] = f"Bearer {key}"
         elif key and profile.auth == "api-key":
             self.headers["api-key"] = key
-        q = "&".join(f"{k}={v}" for k, v in provider.query.items())
-        self.query = f"?{q}" if q else ""
+        query = f"?{urlencode(provider.query)}" if provider.query else ""
+        self.query = query
+        # URL per operation, built once; Azure's has a {model} (deployment) slot.
+        chat = profile.chat_path
+        self._urls = {
+            op: base + chat.replace("chat/completions", path) + query
+            for op, path in (
+                ("chat", "chat/completions"),
+                ("completions", "completions"),
+                ("embeddings", "embeddings"),
+            )
+        }
 
-    def _url(self, path: str, model: str) -> str:
-        return self.base + path.replace("{model}", model) + self.query
+    def _url(self, op: str, model: str) -> str:
+        url = self._urls[op]
+        return url.replace("{model}", model) if "{" in url else url
 
     def _body(self, req: dict[str, Any], model: str, stream: bool) -> bytes:
         req["model"] = model
@@ -117,15 +129,16 @@ class OpenAIProtocol(Protocol):
     def chat_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
         return HttpCall(
             "POST",
-            self._url(self.profile.chat_path, model),
+            self._url("chat", model),
             self.headers,
             self._body(req, model, stream),
             stream,
         )
 
     def completions_request(self, req: dict[str, Any], model: str, stream: bool) -> HttpCall:
-        path = self.profile.chat_path.replace("chat/completions", "completions")
-        return HttpCall("POST", self._url(path, model), self.headers, self._body(req, model, stream), stream)
+        return HttpCall(
+            "POST", self._url("completions", model), self.headers, self._body(req, model, stream), stream
+        )
 
     def chat_response(self, body: bytes, model: str) -> Translated:
         try:
@@ -146,8 +159,7 @@ class OpenAIProtocol(Protocol):
     # -- embeddings ---------------------------------------------------------------------
     def embeddings_request(self, req: dict[str, Any], model: str) -> HttpCall:
         req["model"] = model
-        path = self.profile.chat_path.replace("chat/completions", "embeddings")
-        return HttpCall("POST", self._url(path, model), self.headers, _enc.encode(req))
+        return HttpCall("POST", self._url("embeddings", model), self.headers, _enc.encode(req))
 
     def embeddings_response(self, body: bytes, model: str, req: dict[str, Any]) -> Translated:
         return self.chat_response(body, model)
