@@ -39,7 +39,8 @@ def fit(req: dict[str, Any], profile: Profile, provider: str, drop: bool) -> dic
     if not profile.parallel_tool_calls:
         unsupported = unsupported | {"parallel_tool_calls"}
     for key in unsupported.intersection(req):
-        if not drop and req[key] is not None and not (key == "n" and req[key] <= profile.max_n):
+        # An unsupported n got past the check above, so it asks for the one choice we get.
+        if not drop and req[key] is not None and key != "n":
             raise _reject(provider, key, "does not support the parameter")
         del req[key]
     stop = req.get("stop")
