@@ -270,7 +270,9 @@ def open_gateway_error(cfg: Config) -> str | None:
     """
     for i, k in enumerate(cfg.keys):
         if not k.key.strip():
-            return f"client key {k.name!r} is empty: set its value - at `$.keys[{i}].key`"
+            return (
+                f"client key {k.name!r} is empty (an unset variable?): give it a value - at `$.keys[{i}].key`"
+            )
     host = cfg.host_port[0]
     if cfg.keys or cfg.allow_open_gateway or is_loopback(host):
         return None
