@@ -5,7 +5,8 @@ Serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, GET /v1/model
 once into msgspec Structs (400 naming the field), then publishes the untouched body
 to ``sw.route.<op>`` with the routing headers and its reply inbox; consumes its
 inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes ``sw.catalog.get``
-at start and ``sw.cancel.<worker>`` when a client goes away.
+at start and ``sw.cancel.<worker>`` when a client goes away. Logs one ``request`` line
+per request once its response has finished (:mod:`services.ingress.access`).
 """
 
 from __future__ import annotations
