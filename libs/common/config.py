@@ -8,6 +8,7 @@ This is the only module that reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -139,6 +140,8 @@ class Config(_Base):
     env_providers: bool = True
     log_level: str = "info"
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    # Serve without client keys on an address beyond loopback (see open_gateway_error).
+    allow_open_gateway: bool = False
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -232,7 +235,52 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
         data["listen"] = os.environ["SWITCHMAN_LISTEN"]
     if os.environ.get("SWITCHMAN_DATA_DIR"):
         data["data_dir"] = os.environ["SWITCHMAN_DATA_DIR"]
+    if os.environ.get("SWITCHMAN_ALLOW_OPEN_GATEWAY"):
+        data["allow_open_gateway"] = _env_bool("SWITCHMAN_ALLOW_OPEN_GATEWAY")
     return parse(data)
+
+
+def _env_bool(name: str) -> bool:
+    value = os.environ[name].strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {os.environ[name]!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; any other name or address may be reachable from outside."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_gateway_error(cfg: Config) -> str | None:
+    """Why an ingress with this config must not start, or None.
+
+    Listening beyond loopback without client keys lets anyone who reaches the port spend
+    the operator's provider keys, so it takes an explicit ``allow_open_gateway: true``.
+    An empty client key (an unset variable behind ``${NAME:-}``) would let in any
+    ``Authorization: Bearer`` header, so it is refused everywhere.
+    """
+    for i, k in enumerate(cfg.keys):
+        if not k.key.strip():
+            return (
+                f"client key {k.name!r} is empty (an unset variable?): give it a value - at `$.keys[{i}].key`"
+            )
+    host = cfg.host_port[0]
+    if cfg.keys or cfg.allow_open_gateway or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve on {cfg.listen} without client keys: anyone who reaches it could spend "
+        "your provider keys. Configure `keys:`, listen on 127.0.0.1, or set "
+        "`allow_open_gateway: true` (SWITCHMAN_ALLOW_OPEN_GATEWAY=true) - at `$.allow_open_gateway`"
+    )
 
 
 def environ() -> dict[str, str]:

@@ -97,6 +97,7 @@ async def connect(url: str, name: str) -> NATS:
     """Connect with endless reconnects; the services keep serving across a server restart."""
 
     last: dict[str, float] = {}
+    nc: NATS | None = None
 
     async def on_error(e: Exception) -> None:
         # A server that is down fails every reconnect attempt (4 a second): say it every 10 s.
@@ -106,12 +107,17 @@ async def connect(url: str, name: str) -> NATS:
             logger.warning("nats_error", error=key)
 
     async def on_disconnect() -> None:
+        # nats-py calls this on close() and drain() too: a closed connection is our own
+        # shutdown (or a fatal error, which error_cb reports), not a lost server.
+        if nc is not None and nc.is_closed:
+            logger.info("nats_closed")
+            return
         logger.warning("nats_disconnected")
 
     async def on_reconnect() -> None:
         logger.info("nats_reconnected")
 
-    return await nats.connect(
+    nc = await nats.connect(
         url,
         name=name,
         max_reconnect_attempts=-1,
@@ -126,6 +132,7 @@ async def connect(url: str, name: str) -> NATS:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
     )
+    return nc
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -1,6 +1,5 @@
-"""`python -m services.ingress`: the ingress alone, against NATS_URL."""
+"""`python -m services.ingress`: the ingress alone, against NATS_URL (as `switchman run ingress`)."""
 
-from libs.common.service import main
-from services.ingress.service import Ingress
+from services.runner import load_or_exit, start
 
-main(Ingress)
+start(("ingress",), load_or_exit(serves_http=True))

@@ -3,28 +3,49 @@
 Built from the same registry as the router (configured routes, sim and environment
 providers) plus the catalogs workers announce (discovered models, capability
 profiles, prices, provider extensions).
+
+A key with ``allow_models`` patterns sees only the models it may use: the lists take
+an ``allowed`` predicate over the listed name (the same name the request check uses).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from libs.common import registry
 from libs.common.config import Config, ModelRoute, environ
 from libs.common.contracts import Catalog, Extension, ModelInfo
 
+Allowed = Callable[[str], bool]
+
+
+def allowed_by(patterns: Sequence[str] | None) -> Allowed | None:
+    """The predicate for a key's ``allow_models`` globs; None (everything) without a key or for ``*``."""
+    if patterns is None or "*" in patterns:
+        return None
+    pats = tuple(patterns)
+    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
+
 
 class ModelView:
     def __init__(self, cfg: Config) -> None:
         provs = registry.providers(cfg, environ())
+        self.provider_ids = [p.id for p in provs]
         self.configured = {r.name for r in cfg.models}
         self.routes: dict[str, ModelRoute] = registry.routes(cfg, provs)
         self.infos: dict[tuple[str, str], ModelInfo] = {}
         self.extensions: dict[tuple[str, str], Extension] = {}
         self.created = int(time.time())
+        self.workers: set[str] = set()  # workers whose catalog arrived
+        self.updates = 0  # catalogs received, for start-up to see them settle
 
     def add(self, cat: Catalog) -> None:
+        self.workers.add(cat.worker)
+        self.updates += 1
         for m in cat.models:
             self.infos[(m.provider, m.id)] = m
         for e in cat.extensions:
@@ -49,12 +70,24 @@ class ModelView:
         t = route.targets[0]
         return name == f"{t.provider}/{t.model}" and t.model in self.routes
 
-    def list(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self.model(n) for n in sorted(self.routes) if not self._alias(n)]}
+    def names(self, allowed: Allowed | None = None) -> list[str]:
+        """The listed model names (aliases left out), those ``allowed`` permits."""
+        return [n for n in sorted(self.routes) if not self._alias(n) and (allowed is None or allowed(n))]
 
-    def capabilities(self) -> dict[str, Any]:
+    def list(self, allowed: Allowed | None = None) -> dict[str, Any]:
+        return {"object": "list", "data": [self.model(n) for n in self.names(allowed)]}
+
+    def providers(self) -> dict[str, int]:
+        """Every provider known (configured, built-in, from the environment, from catalogs) → models it serves."""
+        served = {(t.provider, t.model) for r in self.routes.values() for t in r.targets}
+        counts = Counter(p for p, _ in served)
+        return {p: counts.get(p, 0) for p in dict.fromkeys([*self.provider_ids, *sorted(counts)])}
+
+    def capabilities(self, allowed: Allowed | None = None) -> dict[str, Any]:
         data = []
         for name in sorted(self.routes):
+            if allowed is not None and not allowed(name):
+                continue
             route = self.routes[name]
             targets = []
             for t in route.targets:

@@ -38,6 +38,9 @@ class Route:
     attempts: int = 0
     reason: str = ""
     plan_size: int = 0
+    # For the access log: a stream's Done frame (token counts) and how a failed request failed.
+    usage: bytes = b""
+    error: str = ""
 
     def headers(self, failed: bool = False) -> dict[str, str]:
         h = {"x-request-id": self.request_id}
@@ -126,6 +129,7 @@ class Relay:
             if kind == contracts.CHUNK:
                 _frame_sse(out, payload)
             elif kind == contracts.DONE:
+                self.route.usage = payload
                 await resp.write(_DONE)
                 await resp.write_eof()
                 return resp
@@ -134,6 +138,7 @@ class Relay:
                 return resp
 
     async def _end_with_error(self, resp: web.StreamResponse, err: SwitchmanError) -> None:
+        self.route.error = err.code or err.type
         await self.call.cancel_upstream()
         await resp.write(error_event(err))
         await resp.write_eof()

@@ -5,7 +5,8 @@ Serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, GET /v1/model
 once into msgspec Structs (400 naming the field), then publishes the untouched body
 to ``sw.route.<op>`` with the routing headers and its reply inbox; consumes its
 inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes ``sw.catalog.get``
-at start and ``sw.cancel.<worker>`` when a client goes away.
+at start and ``sw.cancel.<worker>`` when a client goes away. Logs one ``request`` line
+per request once its response has finished (:mod:`services.ingress.access`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from libs.common.errors import (
 )
 from libs.common.service import Service, process_id
 
+from . import access
 from .bus import Bus
-from .models import ModelView
+from .models import Allowed, ModelView, allowed_by
 from .proxy import Relay, Route
 from .render import error_response
 
@@ -71,6 +73,7 @@ class Ingress(Service):
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.subs: list[Any] = []
+        self.access_log: bool | None = None  # known once logging is set up (first request)
         lim = cfg.limits
         self.ack_timeout, self.idle_timeout, self.request_timeout = (
             lim.ack_timeout_s,
@@ -113,7 +116,9 @@ class Ingress(Service):
         self.view.add(contracts.catalog_decoder.decode(msg.data))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.limits.max_body_bytes, middlewares=[self.errors])
+        app = web.Application(
+            client_max_size=self.cfg.limits.max_body_bytes, middlewares=[self.access, self.errors]
+        )
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -125,6 +130,30 @@ class Ingress(Service):
         return app
 
     # -- middleware -------------------------------------------------------------------------
+    @web.middleware
+    async def access(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """One access line per request once its response is finished (see ``access``)."""
+        if self.access_log is None:
+            self.access_log = access.enabled(self.log)
+        if not self.access_log:
+            return await handler(request)
+        start = time.perf_counter()
+        resp: web.StreamResponse | None = None
+        status = 499  # the client went away before an answer (nginx's convention)
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            line = access.fields(request, resp, status, time.perf_counter() - start, request_id(request))
+            if request.path in access.QUIET_PATHS:
+                self.log.debug("request", **line)
+            else:
+                self.log.info("request", **line)
+
     @web.middleware
     async def errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
@@ -196,6 +225,8 @@ class Ingress(Service):
             raise PermissionDenied(f"The key '{key.name}' may not use the model '{model}'.", param="model")
         stream = bool(getattr(req, "stream", False))
         timeout = self.request_timeout
+        route = Route(rid)
+        request[access.SERVED] = access.Served(model, route, None if key is None else key.name)
         env = Envelope(
             op=op,
             model=model,
@@ -206,15 +237,15 @@ class Ingress(Service):
             strategy=request.headers.get("x-switchman-strategy") or None,
         )
         with tracing.span(f"ingress.{op}", tracing.SERVER, None, model=model):
-            return await self.relay(request, op, contracts.pack(env, body), stream, timeout, rid)
+            return await self.relay(request, op, contracts.pack(env, body), stream, timeout, route)
 
     async def relay(
-        self, request: web.Request, op: str, packed: bytes, stream: bool, timeout: float, rid: str
+        self, request: web.Request, op: str, packed: bytes, stream: bool, timeout: float, route: Route
     ) -> web.StreamResponse:
         bus = self.bus
         assert bus is not None
         call = bus.open()
-        relay = Relay(call, Route(rid), self.ack_timeout, self.idle_timeout, time.monotonic() + timeout)
+        relay = Relay(call, route, self.ack_timeout, self.idle_timeout, time.monotonic() + timeout)
         try:
             await bus.send(call, subjects.route(op), packed, tracing.carrier())
             if stream:
@@ -222,7 +253,8 @@ class Ingress(Service):
             return await relay.response()
         except SwitchmanError as e:
             await call.cancel_upstream()
-            return error_response(e, relay.route.headers(failed=True))
+            route.error = e.code or e.type
+            return error_response(e, route.headers(failed=True))
         except (asyncio.CancelledError, ConnectionResetError):
             # The client went away: stop the upstream call too.
             with contextlib.suppress(Exception):
@@ -232,21 +264,27 @@ class Ingress(Service):
             bus.close(call)
 
     # -- catalog and health ----------------------------------------------------------------------
+    def allowed(self, request: web.Request) -> Allowed | None:
+        """Which model names the caller's key may use (None: all); a key sees only those."""
+        key = self.authenticate(request)
+        return None if key is None else allowed_by(key.allow_models)
+
     async def models(self, request: web.Request) -> web.Response:
-        self.authenticate(request)
-        return web.Response(body=_enc.encode(self.view.list()), content_type="application/json")
+        allowed = self.allowed(request)
+        return web.Response(body=_enc.encode(self.view.list(allowed)), content_type="application/json")
 
     async def model(self, request: web.Request) -> web.Response:
-        self.authenticate(request)
+        allowed = self.allowed(request)
         name = request.match_info["id"]
-        found = self.view.model(name)
+        # A model the key may not use is as absent as an unknown one (OpenAI answers 404 too).
+        found = self.view.model(name) if allowed is None or allowed(name) else None
         if found is None:
             raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
         return web.Response(body=_enc.encode(found), content_type="application/json")
 
     async def capabilities(self, request: web.Request) -> web.Response:
-        self.authenticate(request)
-        return web.Response(body=_enc.encode(self.view.capabilities()), content_type="application/json")
+        caps = self.view.capabilities(self.allowed(request))
+        return web.Response(body=_enc.encode(caps), content_type="application/json")
 
     async def extensions(self, request: web.Request) -> web.Response:
         self.authenticate(request)

@@ -12,8 +12,10 @@
   the ingress; both worker replicas must serve, one is SIGKILLed and the rest keeps
   serving, and SIGTERM drains everything to exit code 0.
 
-``${VAR:-default}`` in the compose file is interpolated from an EMPTY environment (as
-``docker compose`` with no keys exported), so no provider key of the machine leaks in.
+``${VAR:-default}`` in the compose file is interpolated from an environment holding only
+the client key ``SWITCHMAN_KEY`` (as ``docker compose`` with a minimal ``deploy/.env`` and
+no provider keys exported), so no provider key of the machine leaks in.
+``${VAR:?message}`` fails without the variable, as Compose does.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 
@@ -57,6 +60,10 @@ APP_SERVICES = ("ingress", "router", "worker", "health", "ledger")
 # The services that build the provider registry (registry.providers) and so need the keys.
 REGISTRY_SERVICES = ("ingress", "router", "worker")
 CONTAINER_NATS_URL = "nats://nats:4222"
+ENV_EXAMPLE = DEPLOY / ".env.example"
+# The client key a user puts in deploy/.env.
+CLIENT_KEY = "sk-sw-compose-test"
+USER_ENV = {"SWITCHMAN_KEY": CLIENT_KEY}
 
 # -- the Compose Specification, compactly ------------------------------------------------
 
@@ -91,10 +98,14 @@ _DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h))+$")
 _NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# Compose interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, $VAR.
+# Compose interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR.
 _INTERP = re.compile(
-    r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*)|(\{))"
+    r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*)|(\{))"
 )
+
+
+class MissingVariable(ValueError):
+    """A ``${VAR:?message}`` without its variable: Compose stops with the message."""
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
@@ -112,6 +123,8 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
                 return got if got else default
             if op == "-":
                 return got if got is not None else default
+            if (op == ":?" and not got) or (op == "?" and got is None):
+                raise MissingVariable(f"required variable {name} is missing a value: {default}")
             return got or ""
 
         return _INTERP.sub(sub, value)
@@ -124,7 +137,7 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
 
 def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
     doc = yaml.safe_load(COMPOSE_FILE.read_text())  # anchors and `<<` merge keys resolved here
-    return interpolate(doc, {} if env is None else env)
+    return interpolate(doc, USER_ENV if env is None else env)
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:
@@ -364,11 +377,11 @@ def test_compose_file_structure() -> None:
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
     for k in registry.ENV_KEYS:  # passthrough as ${KEY:-}
         assert env_of(raw["services"]["worker"])[k] == f"${{{k}:-}}"
-    exported = load_compose({"OPENAI_API_KEY": "sk-from-shell"})["services"]
+    exported = load_compose({**USER_ENV, "OPENAI_API_KEY": "sk-from-shell"})["services"]
     assert all(env_of(exported[n])["OPENAI_API_KEY"] == "sk-from-shell" for n in REGISTRY_SERVICES)
 
     ingress = services["ingress"]
-    assert "8080:8080" in [str(p) for p in ingress["ports"]]
+    assert [str(p) for p in ingress["ports"]] == ["127.0.0.1:8080:8080"], "published on loopback only"
     assert env_of(ingress)["SWITCHMAN_LISTEN"] == "0.0.0.0:8080"
     probe = healthcheck_argv(ingress["healthcheck"]["test"])
     assert probe[0] == "python" and "/healthz" in " ".join(probe)
@@ -430,16 +443,21 @@ def test_docker_compose_config(tmp_path: Path) -> None:
         # Compose 1.x predates the specification's top-level `name`; validate the rest.
         path = tmp_path / "compose.yaml"
         path.write_text(re.sub(r"(?m)^name:.*$", "", COMPOSE_FILE.read_text()))
-    env = {k: v for k, v in os.environ.items() if k not in registry.ENV_KEYS}
-    r = subprocess.run(
-        [*prefix, "-f", str(path), "--project-directory", str(DEPLOY), "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd=DEPLOY,
-    )
+    env = {k: v for k, v in os.environ.items() if k not in registry.ENV_KEYS and k != "SWITCHMAN_KEY"}
+    # An empty --env-file: a deploy/.env on this machine must not fill in the key.
+    (tmp_path / "empty.env").write_text("")
+    argv = [*prefix, "-f", str(path), "--project-directory", str(DEPLOY)]
+    argv += ["--env-file", str(tmp_path / "empty.env"), "config", "-q"]
+
+    def config_q(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, env={**env, **extra}, cwd=DEPLOY
+        )
+
+    r = config_q(USER_ENV)
     assert r.returncode == 0, f"{' '.join(prefix)} config -q failed:\n{r.stdout}\n{r.stderr}"
+    r = config_q({})
+    assert r.returncode != 0 and "SWITCHMAN_KEY" in r.stderr, "compose must refuse to start without a key"
 
 
 def test_dockerfile() -> None:
@@ -476,14 +494,56 @@ def test_example_config() -> None:
     assert cfg.nats_url is None, "NATS_URL comes from compose"
     assert cfg.database == "sqlite:////data/switchman.db"
     assert config_mod.parse(data, env={"SWITCHMAN_DATA_DIR": "/x"}).database == "sqlite:////x/switchman.db"
-    r = subprocess.run(
-        [sys.executable, "-m", "services", "check-config", str(CONFIG_FILE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+
+    def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHMAN_")}
+        return subprocess.run(
+            [sys.executable, "-m", "services", "check-config", str(CONFIG_FILE)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**base, "PYTHONPATH": str(ROOT), **env},
+        )
+
+    r = check_config(USER_ENV)
     assert r.returncode == 0, r.stderr
+    r = check_config({})  # listening on 0.0.0.0 in the container: the key is not optional
+    assert r.returncode == 2 and "keys[0].key" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_compose_is_secure_by_default() -> None:
+    """Published on the host's loopback, a client key required, and the key from deploy/.env."""
+    with pytest.raises(MissingVariable, match="SWITCHMAN_KEY"):
+        load_compose({})  # `docker compose up` without the key stops before anything runs
+    ingress = load_compose()["services"]["ingress"]
+    assert [str(p) for p in ingress["ports"]] == ["127.0.0.1:8080:8080"]
+    opened = load_compose({**USER_ENV, "SWITCHMAN_PUBLISH": "0.0.0.0"})["services"]["ingress"]
+    assert [str(p) for p in opened["ports"]] == ["0.0.0.0:8080:8080"]
+    env = env_of(ingress)
+    assert env["SWITCHMAN_KEY"] == CLIENT_KEY
+
+    # The mounted config turns the key into a client key; the ingress listens on 0.0.0.0
+    # inside its container, so without a key it refuses to start.
+    data = yaml.safe_load(CONFIG_FILE.read_text())
+    cfg = config_mod.parse(data, env=env)
+    assert cfg.host_port[0] == "0.0.0.0" and not cfg.allow_open_gateway
+    assert [k.key for k in cfg.keys] == [CLIENT_KEY]
+    assert config_mod.open_gateway_error(cfg) is None
+    without = config_mod.parse(data, env={})
+    assert config_mod.open_gateway_error(without) is not None
+    assert config_mod.open_gateway_error(msgspec.structs.replace(without, keys=[])) is not None
+
+    # deploy/.env.example names every variable compose reads; the real .env stays out of git and the image.
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    referenced = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", COMPOSE_FILE.read_text()))
+    assert referenced <= set(example), sorted(referenced - set(example))
+    assert example["SWITCHMAN_KEY"] == "", "no usable default key: compose must make the user set one"
+    assert "deploy/.env" in (ROOT / ".gitignore").read_text().split()
+    assert "**/.env" in (DEPLOY / "Dockerfile.dockerignore").read_text().split()
 
 
 def test_nats_service_command(tmp_path: Path) -> None:
@@ -791,7 +851,7 @@ async def test_compose_stack_as_processes(stack: Stack) -> None:
     workers = stack.by_name("worker")
     assert len(workers) == 2, "worker runs with replicas: 2"
     watch = BusWatch()
-    client = openai.AsyncOpenAI(base_url=stack.base_url, api_key="sk-unused", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=stack.base_url, api_key=CLIENT_KEY, max_retries=0)
     try:
         # The probes fail while nothing listens (they can fail at all) ...
         dead_env = {**stack.by_name("ingress")[0].env, "SWITCHMAN_LISTEN": f"127.0.0.1:{free_port()}"}
@@ -809,6 +869,9 @@ async def test_compose_stack_as_processes(stack: Stack) -> None:
         models = await client.models.list()
         ids = {m.id for m in models.data}
         assert {"sim-fast", "sim-cheap", "sim-smart"} <= ids, ids
+        async with openai.AsyncOpenAI(base_url=stack.base_url, api_key="sk-wrong", max_retries=0) as other:
+            with pytest.raises(openai.AuthenticationError):  # the compose key is required
+                await other.models.list()
 
         raw = await client.chat.completions.with_raw_response.create(
             model="sim-fast", messages=[{"role": "user", "content": "hello compose"}], max_tokens=8
