@@ -136,6 +136,12 @@ class UpstreamError(SwitchmanError):
     retryable = True
 
 
+class UpstreamProtocolError(UpstreamError):
+    """The upstream broke its wire protocol (an unending SSE event, a data line that is not JSON)."""
+
+    default_code = "upstream_protocol_error"
+
+
 class UpstreamAuthError(UpstreamError):
     """The provider refused our credentials: misconfigured, never the client's 401."""
 

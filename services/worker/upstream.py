@@ -15,7 +15,7 @@ import aiohttp
 
 from libs.common import tracing
 from libs.common.config import ProviderConfig
-from libs.common.errors import GatewayTimeout, UpstreamError
+from libs.common.errors import GatewayTimeout, UpstreamError, UpstreamProtocolError
 
 from .adapters.base import HttpCall, HttpResponse, Protocol
 
@@ -76,6 +76,11 @@ class Upstream:
                         f"stream from provider {self.provider.id!r} broke: {type(e).__name__}",
                         provider=self.provider.id,
                     ) from None
+                except EventTooLarge as e:
+                    raise UpstreamProtocolError(
+                        f"provider {self.provider.id!r} broke the stream protocol: {e}",
+                        provider=self.provider.id,
+                    ) from None
                 tail = parser.flush()
                 if tail:
                     yield tail
@@ -86,38 +91,75 @@ class Upstream:
                     resp.close()  # abandoned mid-body: the connection cannot be reused
 
 
+# An SSE event larger than this (a line that never ends, say) ends the stream with an
+# error: the parser's buffer must not grow with whatever an upstream sends.
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """An upstream SSE event went past the parser's bound without ending."""
+
+
 class SSEParser:
-    """Incremental Server-Sent Events parser yielding (event name, data) per event."""
+    """Incremental Server-Sent Events parser yielding (event name, data) per event.
 
-    __slots__ = ("_buf",)
+    Linear in the bytes fed, however they are split: a partial event is kept in one
+    growing buffer and the search for its end resumes where the previous read stopped
+    (never from the start, never by re-concatenating). An event that reaches
+    ``limit`` bytes without ending raises :class:`EventTooLarge`.
+    """
 
-    def __init__(self) -> None:
-        self._buf = b""
+    __slots__ = ("_buf", "_scan", "_cr", "limit")
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self._buf = bytearray()
+        self._scan = 0  # where the search for the next blank line resumes in _buf
+        self._cr = False  # the last read ended in CR: maybe half of a CRLF
+        self.limit = limit
 
     def feed(self, data: bytes) -> list[tuple[str, bytes]]:
-        buf = self._buf + data if self._buf else data
-        hold = b""
-        if b"\r" in buf:
-            if buf[-1:] == b"\r":  # maybe half of a CRLF split across reads
-                buf, hold = buf[:-1], b"\r"
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if b"\r" in data:
+            if data[-1:] == b"\r":
+                data, self._cr = data[:-1], True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not self._buf:
+            return self._take(data, 0)  # the common case: no partial event from before
+        buf = self._buf
+        buf += data
+        return self._take(buf, self._scan)
+
+    def _take(self, buf: bytes | bytearray, scan: int) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
         start = 0
-        while True:
-            end = buf.find(b"\n\n", start)
-            if end < 0:
-                break
-            ev = _parse_event(buf[start:end])
+        end = buf.find(b"\n\n", scan)
+        while end >= 0:
+            ev = _parse_event(bytes(buf[start:end]))
             if ev is not None:
                 out.append(ev)
             start = end + 2
-        self._buf = buf[start:] + hold
+            end = buf.find(b"\n\n", start)
+        rest = len(buf) - start
+        if rest >= self.limit:
+            raise EventTooLarge(f"an SSE event exceeds {self.limit} bytes")
+        if buf is self._buf:
+            if start:
+                del buf[:start]
+        else:
+            self._buf = bytearray(buf[start:]) if rest else bytearray()
+        self._scan = max(0, len(self._buf) - 1)  # a blank line may straddle two reads
         return out
 
     def flush(self) -> list[tuple[str, bytes]]:
         """At EOF: a held CR ends its line; an event left without its blank line is dropped."""
-        out = self.feed(b"\n") if self._buf.endswith(b"\r") else []
-        self._buf = b""
+        out: list[tuple[str, bytes]] = []
+        if self._cr:
+            self._cr = False
+            out = self.feed(b"\n")
+        self._buf = bytearray()
+        self._scan = 0
         return out
 
 
