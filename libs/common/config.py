@@ -53,7 +53,10 @@ class ProviderConfig(_Base):
     headers: dict[str, str] = {}
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
-    max_connections: int = 256
+    # Concurrent calls to this provider (the connection pool); a call beyond them waits
+    # at most pool_wait_s for a free one, then moves to the next candidate (or 503).
+    max_connections: int = 1024
+    pool_wait_s: float = 0.5
     price: dict[str, Price] = {}
     # Upstream model names this provider serves; exposed as models of the same name
     # when no `models:` entry names them. Discovery adds to this list.
