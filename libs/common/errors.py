@@ -98,6 +98,14 @@ class MethodNotAllowed(SwitchmanError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeout(SwitchmanError):
+    """The client took too long to send its request (headers or body)."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class PayloadTooLarge(SwitchmanError):
     status = 413
     type = "invalid_request_error"
