@@ -54,7 +54,10 @@ class ProviderConfig(_Base):
     headers: dict[str, str] = {}
     timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
-    max_connections: int = 256
+    # Concurrent calls to this provider (the connection pool); a call beyond them waits
+    # at most pool_wait_s for a free one, then moves to the next candidate (or 503).
+    max_connections: int = 1024
+    pool_wait_s: float = 0.5
     price: dict[str, Price] = {}
     # Upstream model names this provider serves; exposed as models of the same name
     # when no `models:` entry names them. Discovery adds to this list.
@@ -101,6 +104,10 @@ class Limits(_Base):
     request_timeout_s: float = 600.0
     # Concurrent requests per worker process / router process.
     max_in_flight: int = 1024
+    # A client has this long to send a request's headers (from their first byte), and
+    # then its body: past it, 408 and the connection is closed (slow clients hold nothing).
+    header_timeout_s: float = 30.0
+    body_timeout_s: float = 120.0
 
 
 class LocalDiscovery(_Base):
@@ -145,8 +152,17 @@ class Config(_Base):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host or "127.0.0.1", int(port)
+        return split_listen(self.listen)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` -> (host, port); ValueError when it is neither."""
+    host, _, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]") and ":" in host:
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets, as in [::1]:8080")
+    return host or "127.0.0.1", int(port)
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -208,7 +224,13 @@ def _check(cfg: Config) -> None:
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise ConfigError(f"listen must be host:port (port 0-65535), got {cfg.listen!r} - at `$.listen`")
+        raise ConfigError(
+            f"listen must be host:port or [ipv6]:port (port 0-65535), got {cfg.listen!r} - at `$.listen`"
+        )
+    for i, k in enumerate(cfg.keys):
+        if not k.key or k.key != k.key.strip() or any(c.isspace() for c in k.key):
+            # A key with whitespace never matches what a client sends: say so at start-up.
+            raise ConfigError(f"a key must be non-empty and contain no whitespace - at `$.keys[{i}].key`")
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

@@ -98,6 +98,14 @@ class MethodNotAllowed(SwitchmanError):
     default_code = "method_not_allowed"
 
 
+class RequestTimeout(SwitchmanError):
+    """The client took too long to send its request (headers or body)."""
+
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class PayloadTooLarge(SwitchmanError):
     status = 413
     type = "invalid_request_error"
@@ -134,6 +142,12 @@ class UpstreamError(SwitchmanError):
     status = 502
     type = "api_error"
     retryable = True
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream broke its wire protocol (an unending SSE event, a data line that is not JSON)."""
+
+    default_code = "upstream_protocol_error"
 
 
 class UpstreamAuthError(UpstreamError):

@@ -190,6 +190,8 @@ class ChatRequest(_S):
 
 
 # msgspec allows one array type per union; homogeneity is checked in _check_input.
+MAX_DIMENSIONS = 8192
+
 Prompt = str | Annotated[list[str | int | list[int]], Meta(min_length=1)]
 
 
@@ -221,7 +223,8 @@ class EmbeddingRequest(_S):
         | Annotated[list[str | int | list[int]], Meta(min_length=1, max_length=2048)]
     )
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Meta(ge=1)] | None = None
+    # No embedding model has more; the bound keeps one request from costing gigabytes.
+    dimensions: Annotated[int, Meta(ge=1, le=MAX_DIMENSIONS)] | None = None
     user: str | None = None
 
 

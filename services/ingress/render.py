@@ -22,7 +22,10 @@ def error_response(err: SwitchmanError, headers: dict[str, str] | None = None) -
     out = dict(headers or {})
     if err.status in (429, 503):
         out["Retry-After"] = str(max(1, math.ceil(err.retry_after or 1)))
-    return web.Response(status=err.status, body=error_body(err), content_type="application/json", headers=out)
+    resp = web.Response(status=err.status, body=error_body(err), content_type="application/json", headers=out)
+    if err.status == 408:  # the rest of the request may never come: do not wait for it
+        resp.force_close()
+    return resp
 
 
 def error_event(err: SwitchmanError) -> bytes:

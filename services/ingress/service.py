@@ -17,7 +17,7 @@ import fnmatch
 import os
 import re
 import time
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from aiohttp import web
@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from libs.common import contracts, log, openai, subjects, tracing
-from libs.common.config import Config, KeyConfig
+from libs.common.config import Config, KeyConfig, Strategy
 from libs.common.contracts import Envelope
 from libs.common.errors import (
     AuthenticationFailed,
@@ -35,11 +35,12 @@ from libs.common.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    RequestTimeout,
     SwitchmanError,
 )
 from libs.common.service import Service, process_id
 
-from . import access
+from . import access, httpserver
 from .bus import Bus
 from .models import Allowed, ModelView, allowed_by
 from .proxy import Relay, Route
@@ -59,6 +60,24 @@ def request_id(request: web.Request) -> str:
             rid = "req_" + os.urandom(12).hex()
         request[REQUEST_ID] = rid
     return rid
+
+
+STRATEGY_HEADER = "x-switchman-strategy"
+STRATEGIES = frozenset(get_args(Strategy))
+
+
+def strategy(request: web.Request) -> str | None:
+    """The client's per-request strategy, or None; a 400 naming the header when it is unknown."""
+    value = request.headers.get(STRATEGY_HEADER)
+    if not value:
+        return None
+    if value not in STRATEGIES:  # also any value that is not UTF-8 (it arrives surrogate-escaped)
+        shown = value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise InvalidRequest(
+            f"The {STRATEGY_HEADER} header must be one of {', '.join(sorted(STRATEGIES))}; got '{shown}'.",
+            param=STRATEGY_HEADER,
+        )
+    return value
 
 
 class Ingress(Service):
@@ -90,6 +109,7 @@ class Ingress(Service):
         await nc.publish(subjects.CATALOG_REQUEST, b"")
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self.runner.setup()
+        httpserver.install(self.runner, self.cfg.limits.header_timeout_s)
         host, port = self.cfg.host_port
         site = web.TCPSite(self.runner, host, port, backlog=4096, reuse_address=True)
         await site.start()
@@ -216,7 +236,13 @@ class Ingress(Service):
         rid = request_id(request)
         log.bind(request_id=rid)  # this handler's task context: its log lines carry the id
         key = self.authenticate(request)
-        body = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge, a 413 below
+        try:  # over client_max_size: HTTPRequestEntityTooLarge, a 413 below
+            async with asyncio.timeout(self.cfg.limits.body_timeout_s):
+                body = await request.read()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {self.cfg.limits.body_timeout_s:g} s."
+            ) from None
         if not body:
             raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
         req = openai.decode(op, body)
@@ -234,7 +260,7 @@ class Ingress(Service):
             deadline_ms=int((time.time() + timeout) * 1000),
             stream=stream,
             key=None if key is None else key.name,
-            strategy=request.headers.get("x-switchman-strategy") or None,
+            strategy=strategy(request),
         )
         with tracing.span(f"ingress.{op}", tracing.SERVER, None, model=model):
             return await self.relay(request, op, contracts.pack(env, body), stream, timeout, route)

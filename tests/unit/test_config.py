@@ -225,7 +225,7 @@ def test_valid_route_parses():
     assert [(t.provider, t.model, t.weight) for t in m.targets] == [("p", "a", 3.0), ("s", "b", 1.0)]
 
 
-@pytest.mark.parametrize("listen", ["nope", "host:abc", "host:", "127.0.0.1:80:x"])
+@pytest.mark.parametrize("listen", ["nope", "host:abc", "host:", "127.0.0.1:80:x", "::1:8080", "[::1]:x"])
 def test_bad_listen(listen):
     with pytest.raises(ConfigError) as e:
         parse({"listen": listen}, env={})
@@ -233,7 +233,13 @@ def test_bad_listen(listen):
 
 
 @pytest.mark.parametrize(
-    ("listen", "host_port"), [("0.0.0.0:9000", ("0.0.0.0", 9000)), (":8081", ("127.0.0.1", 8081))]
+    ("listen", "host_port"),
+    [
+        ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+        (":8081", ("127.0.0.1", 8081)),
+        ("[::]:8080", ("::", 8080)),
+        ("[::1]:0", ("::1", 0)),
+    ],
 )
 def test_good_listen(listen, host_port):
     assert parse({"listen": listen}, env={}).host_port == host_port
@@ -393,3 +399,9 @@ def test_cli_check_config_names_the_field(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "tiemout_s" in r.stderr and "$.providers[0]" in r.stderr
     assert "valid" not in r.stdout
+
+
+@pytest.mark.parametrize("key", [" sk-a", "sk-a ", "sk-a\n", "sk a", ""])
+def test_a_key_with_whitespace_is_refused(key):
+    with pytest.raises(ConfigError, match=r"\$\.keys\[1\]\.key"):
+        parse({"keys": [{"key": "sk-ok", "name": "ok"}, {"key": key, "name": "bad"}]}, env={})

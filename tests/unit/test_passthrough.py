@@ -13,6 +13,7 @@ from libs.common.errors import (
     RateLimited,
     UpstreamAuthError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamRejected,
 )
 from services.worker.adapters.openai import OpenAIProtocol, PassthroughStream
@@ -224,8 +225,17 @@ def test_chunks_pass_through_byte_identical():
 
 
 def test_keepalive_noise_is_skipped():
+    # SSE comments (": ping") never reach the translator: the parser drops them.
     s = PassthroughStream("up", "m", include_usage=False)
-    assert s.feed("", b"") == [] and s.feed("", b": ping") == []
+    assert s.feed("", b"") == []
+
+
+@pytest.mark.parametrize("data", [b": ping", b"garbage", b"[1]", b'"text"', b"{not json", b'{"a": 1} x'])
+def test_a_data_line_that_is_not_a_json_object_breaks_the_stream(data):
+    for include_usage in (False, True):
+        s = PassthroughStream("up", "m", include_usage=include_usage)
+        with pytest.raises(UpstreamProtocolError):
+            s.feed("", data)
 
 
 def test_usage_chunk_dropped_when_client_did_not_ask():

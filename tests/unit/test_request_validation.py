@@ -282,6 +282,26 @@ OTHER_INVALID = [
     ("embeddings mixed", "embeddings", {"model": "e", "input": ["a", 1]}, "input"),
     ("embeddings dimensions 0", "embeddings", {"model": "e", "input": "x", "dimensions": 0}, "dimensions"),
     (
+        "embeddings dimensions 1e9",
+        "embeddings",
+        {"model": "e", "input": "x", "dimensions": 10**9},
+        "dimensions",
+    ),
+    (
+        "embeddings dimensions 5e6",
+        "embeddings",
+        {"model": "e", "input": "x", "dimensions": 5_000_000},
+        "dimensions",
+    ),
+    ("embeddings 2,049 inputs", "embeddings", {"model": "e", "input": ["x"] * 2049}, "input"),
+    ("chat n 129", "chat", {"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 129}, "n"),
+    (
+        "chat max_tokens 0",
+        "chat",
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+        "max_tokens",
+    ),
+    (
         "embeddings encoding_format",
         "embeddings",
         {"model": "e", "input": "x", "encoding_format": "int8"},

@@ -128,3 +128,36 @@ def test_flush_drops_event_missing_only_its_blank_line():
 def test_many_events_in_one_feed():
     stream = b"".join(b"data: %d\n\n" % i for i in range(200))
     assert parse_all([stream]) == [("", str(i).encode()) for i in range(200)]
+
+
+def test_an_unending_line_costs_linear_time():
+    """100 MB of one line in 64 KB reads: linear (the old parser re-copied the buffer per read)."""
+    import time
+
+    p = SSEParser(limit=200 * 1024 * 1024)
+    piece = b"x" * 65536
+    t0 = time.process_time()
+    p.feed(b"data: ")
+    for _ in range(1600):
+        assert p.feed(piece) == []
+    elapsed = time.process_time() - t0
+    assert elapsed < 2.0, elapsed  # quadratic took ~20 s here; linear takes well under 1 s
+    assert p.feed(b"\n\n") == [("", b"x" * 65536 * 1600)]
+
+
+def test_an_event_beyond_the_bound_raises():
+    import pytest
+
+    from services.worker.upstream import EventTooLarge
+
+    p = SSEParser(limit=1000)
+    p.feed(b"data: " + b"y" * 500)
+    with pytest.raises(EventTooLarge):
+        p.feed(b"y" * 600)
+
+
+def test_the_bound_counts_only_the_partial_event():
+    p = SSEParser(limit=100)
+    stream = b"".join(b'data: {"i":%d}\n\n' % i for i in range(1000))
+    assert len(parse_all([stream[i : i + 37] for i in range(0, len(stream), 37)])) == 1000
+    assert len(p.feed(stream)) == 1000

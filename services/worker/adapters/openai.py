@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from libs.common.errors import SwitchmanError, UpstreamError, upstream_status_error
+from libs.common.errors import SwitchmanError, UpstreamError, UpstreamProtocolError, upstream_status_error
 
 from ..chunks import Usage, new_id, now
 from .base import HttpCall, Protocol, StreamTranslator, Translated, retry_after
@@ -66,6 +66,13 @@ class _ErrBody(msgspec.Struct):
 
 _usage_dec = msgspec.json.Decoder(_WithUsage)
 _chunk_dec = msgspec.json.Decoder(_StreamChunk)
+
+
+class _AnyObject(msgspec.Struct):
+    """Any JSON object (its fields are skipped): checks a forwarded chunk is one."""
+
+
+_object_dec = msgspec.json.Decoder(_AnyObject)
 _err_dec = msgspec.json.Decoder(_ErrBody)
 
 
@@ -232,7 +239,7 @@ class PassthroughStream(StreamTranslator):
         if data == b"[DONE]":
             self.done = True
             return []
-        if not data or data[0] != 123:  # not a JSON object: keep-alive noise
+        if not data:  # an empty data field: keep-alive
             return []
         if b"\n" in data:  # a multi-line SSE data field: JSON whitespace, never inside strings
             data = data.replace(b"\n", b" ")
@@ -240,6 +247,11 @@ class PassthroughStream(StreamTranslator):
             return self._inspect(data)
         if self._first is None and self.include_usage:
             self._first = self._decode(data)
+        else:  # forwarded untouched, so it must be what the client can parse: a JSON object
+            try:
+                _object_dec.decode(data)
+            except msgspec.DecodeError:
+                raise self._broken(data) from None
         self._pieces += 1  # about one token per chunk: the estimate for a synthesized usage
         return [data]
 
@@ -247,9 +259,14 @@ class PassthroughStream(StreamTranslator):
         try:
             return _chunk_dec.decode(data)
         except msgspec.DecodeError:
-            raise UpstreamError(
-                f"provider {self.provider!r} sent an invalid stream chunk", provider=self.provider
-            ) from None
+            raise self._broken(data) from None
+
+    def _broken(self, data: bytes) -> UpstreamProtocolError:
+        return UpstreamProtocolError(
+            f"provider {self.provider!r} sent a stream chunk that is not a JSON chunk object: "
+            f"{data[:80].decode(errors='replace')!r}",
+            provider=self.provider,
+        )
 
     def _inspect(self, data: bytes) -> list[bytes]:
         chunk = self._decode(data)
