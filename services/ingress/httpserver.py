@@ -76,7 +76,7 @@ class Handler(RequestHandler):
         self.transport.write(_raw_408(err))
         self.force_close()  # closes the transport once the 408 is flushed
 
-    async def finish_response(self, request: Any, resp: Any, start_time: float) -> Any:
+    async def finish_response(self, request: Any, resp: Any, start_time: float | None) -> Any:
         try:
             return await super().finish_response(request, resp, start_time)
         finally:
