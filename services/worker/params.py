@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from libs.common.errors import InvalidRequest
-
-from .profiles import Profile
+from libs.common.profiles import Profile
 
 _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 

@@ -21,9 +21,9 @@ from libs.common.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from libs.common.profiles import PRESETS
 from services.worker.adapters.gemini import GeminiProtocol
 from services.worker.adapters.gemini_stream import split_tool_call_id
-from services.worker.profiles import PRESETS
 from services.worker.upstream import Upstream, new_session
 
 BASE = "https://generativelanguage.googleapis.com/v1beta"

@@ -7,8 +7,8 @@ import copy
 import pytest
 
 from libs.common.errors import InvalidRequest
+from libs.common.profiles import profile_for
 from services.worker.params import fit
-from services.worker.profiles import profile_for
 
 USER = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]

@@ -15,8 +15,8 @@ from libs.common.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from libs.common.profiles import profile_for
 from services.worker.adapters.openai import OpenAIProtocol, PassthroughStream
-from services.worker.profiles import profile_for
 from tests.schema import validate, validate_sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]

@@ -1,4 +1,4 @@
-"""services/worker/profiles.py: the presets and profile_for()."""
+"""libs/common/profiles.py: the presets and profile_for()."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 import msgspec
 import pytest
 
-from services.worker.profiles import PRESETS, Profile, profile_for
+from libs.common.profiles import PRESETS, Profile, profile_for
 
 PUBLIC = {
     "openai": "https://api.openai.com/v1",

@@ -11,6 +11,7 @@ import pytest
 
 from libs.common.config import ProviderConfig, SimSettings
 from libs.common.errors import UpstreamError
+from libs.common.profiles import PRESETS
 from services.worker.adapters.sim import (
     SimProtocol,
     count_tokens,
@@ -20,7 +21,6 @@ from services.worker.adapters.sim import (
     words,
 )
 from services.worker.chunks import pack_base64
-from services.worker.profiles import PRESETS
 from tests.schema import validate, validate_sse_chunks
 
 USER = [{"role": "user", "content": "Tell me about gateways"}]

@@ -55,8 +55,7 @@ from .gemini_stream import (
 
 if TYPE_CHECKING:
     from libs.common.config import ProviderConfig
-
-    from ..profiles import Profile
+    from libs.common.profiles import Profile
 
 _encoder = msgspec.json.Encoder()
 _encode = _encoder.encode
