@@ -12,7 +12,18 @@ from typing import Literal
 
 import msgspec
 
+# How the API key travels. "none": the server needs no key (local servers), but one
+# that is configured is sent as a bearer token — vLLM, llama.cpp, LM Studio, TGI, ...
+# can all be started with an API key.
 Auth = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "token", "none"]
+_AUTH_HEADERS: dict[str, tuple[str, str]] = {
+    "bearer": ("Authorization", "Bearer "),
+    "none": ("Authorization", "Bearer "),
+    "token": ("Authorization", "Token "),
+    "api-key": ("api-key", ""),
+    "x-api-key": ("x-api-key", ""),
+    "x-goog-api-key": ("x-goog-api-key", ""),
+}
 
 
 class Profile(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +58,13 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     local: bool = False
     # Model list endpoint style: "openai" (/models), "ollama" (/api/tags), "" none.
     models_endpoint: str = "openai"
+
+    def auth_header(self, key: str | None) -> tuple[str, str] | None:
+        """The (name, value) header carrying ``key``; None without a key."""
+        if not key:
+            return None
+        name, scheme = _AUTH_HEADERS[self.auth]
+        return name, scheme + key
 
 
 def _p(name: str, **kw: object) -> Profile:

@@ -83,6 +83,25 @@ def test_base_url_override_and_query() -> None:
     assert call.url == "http://emu:1/v1beta/models/m:streamGenerateContent?trace=x&alt=sse"
 
 
+@pytest.mark.parametrize(
+    ("base_url", "root"),
+    [
+        ("https://generativelanguage.googleapis.com", "https://generativelanguage.googleapis.com/v1beta"),
+        ("https://generativelanguage.googleapis.com/", "https://generativelanguage.googleapis.com/v1beta"),
+        ("https://generativelanguage.googleapis.com/v1", "https://generativelanguage.googleapis.com/v1"),
+        (
+            "https://generativelanguage.googleapis.com/v1alpha/",
+            "https://generativelanguage.googleapis.com/v1alpha",
+        ),
+        ("https://proxy.example/google-ai", "https://proxy.example/google-ai/v1beta"),
+    ],
+)
+def test_base_url_without_version_gets_v1beta(base_url: str, root: str) -> None:
+    p = proto(base_url=base_url)
+    assert p.chat_request(chat(USER), "m", False).url == f"{root}/models/m:generateContent"
+    assert p.models_request().url.startswith(f"{root}/models?")
+
+
 def test_model_argument_wins_over_request_model() -> None:
     call = proto().chat_request({**chat(USER), "model": "client-alias"}, "gemini-2.5-pro", False)
     assert "/models/gemini-2.5-pro:" in call.url and b"client-alias" not in call.body
