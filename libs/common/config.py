@@ -16,6 +16,8 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from .profiles import Capabilities
+
 ProviderKind = Literal["openai", "anthropic", "gemini", "cohere", "replicate", "sim"]
 Strategy = Literal["cost", "latency", "quality", "balanced", "ordered", "weighted", "custom"]
 
@@ -64,8 +66,8 @@ class ProviderConfig(_Base):
     query: dict[str, str] = {}
     discover_models: bool = False
     sim: SimSettings | None = None
-    # Capability overrides on top of the preset's profile.
-    capabilities: dict[str, Any] = {}
+    # Capability overrides on top of the preset's profile (None: the preset's value).
+    capabilities: Capabilities = msgspec.field(default_factory=Capabilities)
     weight: float = 1.0
 
 

@@ -4,7 +4,9 @@ Five services in-process on a real nats-server; the strict emulators as upstream
 
 * a Gemini ``base_url`` with or without its version segment;
 * an ``api_key`` on a keyless preset (vLLM, llama.cpp, ...) is sent as a bearer token,
-  and nothing is sent without one.
+  and nothing is sent without one;
+* ``n`` choices: every one streamed and billed, a ``max_n`` override honoured, and never
+  fewer choices than asked for.
 """
 
 from __future__ import annotations
@@ -57,6 +59,22 @@ async def env(nats_server) -> AsyncIterator[Env]:
             {"id": "gem-versioned", "base_url": root + "/v1beta", **gem},
             {"id": "vllm-keyed", "base_url": keyed_base, "api_key": "local-secret", **local},
             {"id": "vllm-open", "base_url": open_base, **local},
+            {
+                "id": "ollama",
+                "kind": "openai",
+                "preset": "ollama",
+                "base_url": open_base,
+                "models": [CHAT_MODEL],
+            },
+            {
+                "id": "ollama-n4",
+                "kind": "openai",
+                "preset": "ollama",
+                "base_url": open_base,
+                "models": [CHAT_MODEL],
+                "capabilities": {"max_n": 4},
+            },
+            {"id": "sim-n", "kind": "sim", "models": ["sim-n"], "sim": {"max_tokens": 5}},
         ]
         models = [
             {"name": p["id"], "targets": [{"provider": p["id"], "model": p["models"][0]}]} for p in providers
@@ -92,3 +110,37 @@ async def test_keyless_preset_without_key_sends_no_authorization(env: Env) -> No
     assert resp.choices[0].message.content == "You said: hello there"
     headers = {k.lower() for k in env.open.last_request_headers or {}}
     assert "authorization" not in headers
+
+
+async def test_sim_streams_every_choice_and_bills_them_all(env: Env) -> None:
+    one = await env.client.chat.completions.create(model="sim-n", messages=USER)
+    stream = await env.client.chat.completions.create(
+        model="sim-n", messages=USER, n=3, stream=True, stream_options={"include_usage": True}
+    )
+    texts: dict[int, str] = {}
+    finishes: dict[int, list[str]] = {}
+    usage = None
+    async for chunk in stream:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finishes.setdefault(c.index, []).append(c.finish_reason)
+    assert sorted(texts) == [0, 1, 2]
+    assert all(t == one.choices[0].message.content for t in texts.values())
+    assert finishes == {0: ["stop"], 1: ["stop"], 2: ["stop"]}
+    assert usage is not None and one.usage is not None
+    assert usage.completion_tokens == 3 * one.usage.completion_tokens
+
+
+async def test_max_n_override_gives_every_choice(env: Env) -> None:
+    resp = await env.client.chat.completions.create(model="ollama-n4", messages=USER, n=3)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert (env.open.last_request_body or {})["n"] == 3
+
+
+async def test_one_choice_provider_never_answers_n_with_one(env: Env) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        await env.client.chat.completions.create(model="ollama", messages=USER, n=2)
+    assert e.value.status_code == 400
+    assert (e.value.body or {}).get("param") == "n"
