@@ -70,7 +70,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
         return name, scheme + key
 
 
-Count = Annotated[int, msgspec.Meta(ge=1)]
+_Count = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
 
 
 class Capabilities(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -81,7 +81,7 @@ class Capabilities(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omi
     overridable here: ``base_url``, ``api_key`` and ``headers`` are provider fields.
     """
 
-    unsupported: frozenset[str] | None = None
+    unsupported: frozenset[str] | None = None  # replaces the preset's list
     streaming: bool | None = None
     tools: bool | None = None
     tool_choice: bool | None = None
@@ -93,10 +93,10 @@ class Capabilities(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omi
     stream_usage: bool | None = None
     # OpenAI's own bounds: n 1-128, top_logprobs 0-20 (the ingress never asks for more).
     max_n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
-    max_stop: Count | None = None
+    max_stop: _Count | None = None
     max_top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
-    context_window: Count | None = None
-    max_output_tokens: Count | None = None
+    context_window: _Count | None = None
+    max_output_tokens: _Count | None = None
     legacy_max_tokens: bool | None = None
     extensions: dict[str, str] | None = None
     chat_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = None

@@ -124,6 +124,10 @@ CASES: dict[str, tuple[str | bytes, str]] = {
     "capability misspelled": (P + "    capabilities: {max_m: 2}\n", "$.providers[0].capabilities"),
     "capability list": (P + "    capabilities: [max_n]\n", "$.providers[0].capabilities"),
     "capability max_n zero": (P + "    capabilities: {max_n: 0}\n", "$.providers[0].capabilities.max_n"),
+    "capability huge": (
+        P + "    capabilities: {context_window: 100000000000000000000}\n",
+        "$.providers[0].capabilities.context_window",
+    ),
     "capability type": (P + "    capabilities: {vision: sometimes}\n", "$.providers[0].capabilities.vision"),
     "capability chat_path": (
         P + "    capabilities: {chat_path: chat}\n",
