@@ -63,7 +63,7 @@ from translate_fixtures import (  # noqa: E402
 from translate_streams import upstream_stream  # noqa: E402
 
 from libs.common.config import ProviderConfig  # noqa: E402
-from services.worker.profiles import profile_for  # noqa: E402
+from libs.common.profiles import profile_for  # noqa: E402
 
 TARGET_REQUEST_US = 100.0
 TARGET_CHUNK_US = 5.0

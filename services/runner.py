@@ -22,7 +22,7 @@ NAMES = ("ledger", "health", "worker", "router", "ingress")
 def refuse_open_gateway(cfg: Config) -> None:
     problem = open_gateway_error(cfg)
     if problem is not None:
-        print(f"switchman: {problem}", file=sys.stderr)
+        print(f"switchman: configuration error: {problem}", file=sys.stderr)
         raise SystemExit(2)
 
 

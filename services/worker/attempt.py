@@ -27,7 +27,7 @@ from .params import fit
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-    from .service import Binding
+    from .binding import Binding
 
 _decode_body = msgspec.json.Decoder(dict).decode
 

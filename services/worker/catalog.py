@@ -1,6 +1,6 @@
 """What a worker serves: its providers' models with their capabilities and prices.
 
-Derived from the same :class:`~services.worker.profiles.Profile` entries the
+Derived from the same :class:`~libs.common.profiles.Profile` entries the
 adapters use; published on ``sw.catalog.update`` for the router (routes for
 discovered models) and the ingress (``/v1/models``, ``/v1/capabilities``,
 ``/v1/extensions``).
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from libs.common.config import ProviderConfig
 from libs.common.contracts import Extension, ModelInfo
-
-from .profiles import Profile
+from libs.common.profiles import Profile
 
 
 def model_info(p: ProviderConfig, profile: Profile, model: str) -> ModelInfo:

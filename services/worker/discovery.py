@@ -19,12 +19,12 @@ import aiohttp
 
 from libs.common.config import LocalDiscovery, ProviderConfig
 from libs.common.errors import SwitchmanError
+from libs.common.profiles import profile_for
 
 from .adapters import protocol_class
-from .profiles import profile_for
 
 if TYPE_CHECKING:
-    from .service import Binding
+    from .binding import Binding
 
 
 async def _list(session: aiohttp.ClientSession, b: Any, timeout: float) -> list[str]:

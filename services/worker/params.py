@@ -4,6 +4,13 @@ A parameter the provider does not support is dropped, or — when the provider i
 configured with ``drop_params: false`` — rejected with a 400 naming it. Limits of
 the profile (n, stop sequences, top_logprobs) are enforced the same way. Nothing
 unsupported is ever sent to fail upstream.
+
+``n`` is the exception to dropping: a request is never answered with fewer choices
+than it asked for. A provider that cannot give ``n`` choices (``n`` over its
+``max_n``, or ``n`` listed as unsupported, which means one choice) answers 400
+naming ``n`` whatever ``drop_params`` says; ``n: 1`` to such a provider is dropped
+(it asks for the one choice it gets). Skipping such a candidate instead belongs to
+the router, once it routes by capability.
 """
 
 from __future__ import annotations
@@ -11,8 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from libs.common.errors import InvalidRequest
-
-from .profiles import Profile
+from libs.common.profiles import Profile
 
 _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 
@@ -26,10 +32,11 @@ def _reject(provider: str, param: str, why: str) -> InvalidRequest:
 def fit(req: dict[str, Any], profile: Profile, provider: str, drop: bool) -> dict[str, Any]:
     """Drop or reject what ``profile`` does not accept (mutates and returns ``req``)."""
     n = req.get("n")
-    if n is not None and n > profile.max_n:
-        # Never silently return fewer choices than asked for.
-        raise _reject(provider, "n", f"returns at most {profile.max_n} choice(s) per request")
     unsupported = profile.unsupported
+    max_n = 1 if "n" in unsupported else profile.max_n
+    if n is not None and n > max_n:
+        # Never silently return fewer choices than asked for.
+        raise _reject(provider, "n", f"returns at most {max_n} choice(s) per request")
     if not profile.tools:
         if req.get("tools"):  # tools change what the answer is: never dropped silently
             raise _reject(provider, "tools", "does not support tool calling")

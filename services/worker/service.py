@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -25,38 +23,17 @@ from libs.common import contracts, registry, subjects
 from libs.common.config import Config, ProviderConfig, environ
 from libs.common.contracts import Ack, Catalog, Envelope, Extension, Heartbeat, ModelInfo
 from libs.common.errors import Overloaded
+from libs.common.profiles import profile_for
 from libs.common.service import Service, Tasks, process_id
 
 from . import catalog, discovery
 from .adapters import protocol_class
-from .adapters.base import Protocol
 from .attempt import InboxSink, execute, fail, target
-from .chunks import Usage
-from .profiles import Profile, profile_for
+from .binding import Binding
 from .telemetry import Telemetry
 from .upstream import Upstream, new_session
 
 HEARTBEAT_S = 2.0
-
-
-@dataclass(slots=True)
-class Binding:
-    """One provider as this worker serves it."""
-
-    provider: ProviderConfig
-    profile: Profile
-    protocol: Protocol
-    upstream: Upstream
-    session: aiohttp.ClientSession
-    log: Any
-    telemetry: Telemetry
-    models: list[str] = field(default_factory=list)
-
-    def cost(self, model: str, u: Usage) -> float:
-        price = self.provider.price.get(model)
-        if price is None:
-            return 0.0
-        return (u.prompt_tokens * price.input_per_mtok + u.completion_tokens * price.output_per_mtok) / 1e6
 
 
 class Worker(Service):

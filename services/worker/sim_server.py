@@ -15,9 +15,9 @@ from aiohttp import web
 
 from libs.common.config import ProviderConfig, SimSettings
 from libs.common.errors import SwitchmanError
+from libs.common.profiles import PRESETS
 
 from .adapters.sim import SimProtocol
-from .profiles import PRESETS
 
 _dec = msgspec.json.Decoder(dict)
 

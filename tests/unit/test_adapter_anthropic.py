@@ -21,8 +21,8 @@ from libs.common.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from libs.common.profiles import PRESETS
 from services.worker.adapters.anthropic import JSON_OBJECT_INSTRUCTION, AnthropicProtocol
-from services.worker.profiles import PRESETS
 from tests.emulators import anthropic as emulator
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()

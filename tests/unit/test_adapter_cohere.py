@@ -18,8 +18,8 @@ from libs.common.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from libs.common.profiles import PRESETS
 from services.worker.adapters.cohere import CohereProtocol
-from services.worker.profiles import PRESETS
 
 try:  # written by another engineer
     from tests.schema import validate as _validate

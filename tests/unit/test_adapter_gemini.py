@@ -21,9 +21,9 @@ from libs.common.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from libs.common.profiles import PRESETS
 from services.worker.adapters.gemini import GeminiProtocol
 from services.worker.adapters.gemini_stream import split_tool_call_id
-from services.worker.profiles import PRESETS
 from services.worker.upstream import Upstream, new_session
 
 BASE = "https://generativelanguage.googleapis.com/v1beta"
@@ -81,6 +81,25 @@ def test_url_headers_and_body() -> None:
 def test_base_url_override_and_query() -> None:
     call = proto(base_url="http://emu:1/v1beta/", query={"trace": "x"}).chat_request(chat(USER), "m", True)
     assert call.url == "http://emu:1/v1beta/models/m:streamGenerateContent?trace=x&alt=sse"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "root"),
+    [
+        ("https://generativelanguage.googleapis.com", "https://generativelanguage.googleapis.com/v1beta"),
+        ("https://generativelanguage.googleapis.com/", "https://generativelanguage.googleapis.com/v1beta"),
+        ("https://generativelanguage.googleapis.com/v1", "https://generativelanguage.googleapis.com/v1"),
+        (
+            "https://generativelanguage.googleapis.com/v1alpha/",
+            "https://generativelanguage.googleapis.com/v1alpha",
+        ),
+        ("https://proxy.example/google-ai", "https://proxy.example/google-ai/v1beta"),
+    ],
+)
+def test_base_url_without_version_gets_v1beta(base_url: str, root: str) -> None:
+    p = proto(base_url=base_url)
+    assert p.chat_request(chat(USER), "m", False).url == f"{root}/models/m:generateContent"
+    assert p.models_request().url.startswith(f"{root}/models?")
 
 
 def test_model_argument_wins_over_request_model() -> None:

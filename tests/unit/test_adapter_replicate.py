@@ -19,6 +19,7 @@ from libs.common.errors import (
     UpstreamError,
     UpstreamRejected,
 )
+from libs.common.profiles import PRESETS
 from services.worker.adapters.base import HttpCall, HttpResponse
 from services.worker.adapters.replicate import (
     Prediction,
@@ -28,7 +29,6 @@ from services.worker.adapters.replicate import (
     build_prompt,
     parse_prediction,
 )
-from services.worker.profiles import PRESETS
 
 try:  # written by another engineer
     from tests.schema import validate as _validate

@@ -1,6 +1,8 @@
 """Architecture rules, checked on the source with ast.
 
 * a service (services/<name>/) never imports another service;
+* wiring imports logic, never the reverse: no module of a service imports that
+  service's service.py (only its __main__.py may);
 * only libs/common/config.py reads the environment;
 * NATS subjects are never spelled out: no "sw." string literal outside libs/common/subjects.py.
 """
@@ -98,6 +100,16 @@ def test_subject_detector():
     assert [line for line, _ in subject_literals(ast.parse(src))] == [1, 2]
 
 
+def test_wiring_import_detector():
+    f = SERVICES / "worker" / "adapters" / "x.py"
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..service import Binding\n"
+        "from services.worker import service\nfrom ..binding import Binding\nfrom services.router.service import R\n"
+    )
+    assert wiring_imports(f, tree) == [(3, "services.worker.service"), (4, "services.worker.service")]
+    assert wiring_imports(SERVICES / "worker" / "__main__.py", tree) == []
+
+
 # -- the rules ------------------------------------------------------------------------------
 
 
@@ -118,6 +130,30 @@ def test_no_service_imports_another(service):
         for line, mod in cross_service_imports(f, parse(f)):
             problems.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
     assert not problems, "services must talk over NATS, not imports:\n" + "\n".join(problems)
+
+
+# A service's own wiring: its service.py, and the __main__.py that runs it.
+_WIRING = ("service.py", "__main__.py")
+
+
+def wiring_imports(path: Path, tree: ast.Module) -> list[tuple[int, str]]:
+    """Imports of its own service's service.py by a logic module of that service."""
+    own = path.relative_to(SERVICES).parts[0]
+    if path.name in _WIRING and path.parent == SERVICES / own:
+        return []
+    wiring = f"services.{own}.service"
+    return sorted({(line, mod) for line, mod in imported_modules(path, tree) if mod == wiring})
+
+
+@pytest.mark.parametrize("service", SERVICE_NAMES)
+def test_logic_never_imports_wiring(service):
+    problems = []
+    for f in py_files(SERVICES / service):
+        for line, mod in wiring_imports(f, parse(f)):
+            problems.append(f"{f.relative_to(ROOT)}:{line} imports {mod}")
+    assert not problems, (
+        "wiring imports logic, never the reverse; give a shared type its own module:\n" + "\n".join(problems)
+    )
 
 
 _ENV_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}

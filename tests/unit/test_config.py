@@ -193,7 +193,7 @@ def test_target_with_unknown_provider():
         "providers": [PROVIDER],
         "models": [
             route({"provider": "p", "model": "a"}),
-            route({"provider": "p", "model": "a"}, {"provider": "ghost", "model": "b"}),
+            {**route({"provider": "p", "model": "a"}, {"provider": "ghost", "model": "b"}), "name": "m2"},
         ],
     }
     with pytest.raises(ConfigError) as e:
@@ -405,3 +405,91 @@ def test_cli_check_config_names_the_field(tmp_path):
 def test_a_key_with_whitespace_is_refused(key):
     with pytest.raises(ConfigError, match=r"\$\.keys\[1\]\.key"):
         parse({"keys": [{"key": "sk-ok", "name": "ok"}, {"key": key, "name": "bad"}]}, env={})
+
+
+# -- presets, provider ids, capabilities ----------------------------------------------------
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        parse({"providers": [{"id": "p", "kind": "openai", "preset": "nosuch"}]}, env={})
+    msg = str(e.value)
+    assert "`$.providers[0].preset`" in msg and "'nosuch'" in msg
+    assert "groq" in msg and "ollama" in msg and "anthropic" not in msg
+
+
+@pytest.mark.parametrize(("kind", "preset"), [("openai", "anthropic"), ("openai", "sim"), ("sim", "groq")])
+def test_preset_of_another_kind(kind, preset):
+    with pytest.raises(ConfigError, match=r"is for kind .* - at `\$\.providers\[0\]\.preset`"):
+        parse({"providers": [{"id": "p", "kind": kind, "preset": preset}]}, env={})
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "gemini", "cohere", "replicate", "sim"])
+def test_native_kind_may_name_its_own_preset(kind):
+    assert (
+        parse({"providers": [{"id": "p", "kind": kind, "preset": kind}]}, env={}).providers[0].preset == kind
+    )
+
+
+@pytest.mark.parametrize("pid", ["a.b", "a b", "a*", "a>", "", "tab\there"])
+def test_provider_id_must_be_a_subject_token(pid):
+    with pytest.raises(ConfigError, match=r"\$\.providers\[0\]\.id"):
+        parse({"providers": [{"id": pid, "kind": "sim"}]}, env={})
+
+
+def test_capabilities_are_typed():
+    cfg = parse(
+        {"providers": [{"id": "p", "kind": "openai", "preset": "ollama", "capabilities": {"max_n": 4}}]},
+        env={},
+    )
+    caps = cfg.providers[0].capabilities
+    assert caps.max_n == 4 and caps.vision is None
+    with pytest.raises(ConfigError, match=r"unknown field `visoin` - at `\$\.providers\[0\]\.capabilities`"):
+        parse({"providers": [{"id": "p", "kind": "openai", "capabilities": {"visoin": True}}]}, env={})
+
+
+def test_base_url_required_when_the_preset_has_none():
+    with pytest.raises(ConfigError, match=r"preset 'azure' .* `\$\.providers\[0\]\.base_url`"):
+        parse({"providers": [{"id": "p", "kind": "openai", "preset": "azure"}]}, env={})
+    ok = {"id": "p", "kind": "openai", "preset": "azure", "base_url": "https://x.openai.azure.com"}
+    assert parse({"providers": [ok]}, env={}).providers[0].base_url
+
+
+def test_duplicate_model_name():
+    data = {"providers": [PROVIDER], "models": [route({"provider": "p", "model": "a"})] * 2}
+    with pytest.raises(ConfigError, match=r"duplicate model name 'm' - at `\$\.models\[1\]\.name`"):
+        parse(data, env={})
+
+
+def test_repeated_key_secret_is_not_echoed():
+    with pytest.raises(ConfigError) as e:
+        parse({"keys": [{"key": "sk-secret", "name": "a"}, {"key": "sk-secret", "name": "b"}]}, env={})
+    assert "$.keys[1].key" in str(e.value) and "sk-secret" not in str(e.value)
+
+
+def test_errors_are_one_line():
+    with pytest.raises(ConfigError) as e:
+        parse({"providers": [{"id": "a\nb", "kind": "sim"}]}, env={})
+    assert "\n" not in str(e.value)
+
+
+def test_load_invalid_yaml_names_file_and_line(tmp_path, clean_env):
+    f = tmp_path / "bad.yaml"
+    f.write_text("listen: 127.0.0.1:1\nproviders:\n  - id: p\n   kind: sim\n")
+    with pytest.raises(ConfigError) as e:
+        load(f)
+    assert f"{f}:4:" in str(e.value) and "invalid YAML" in str(e.value)
+
+
+def test_load_duplicate_key_names_its_line(tmp_path, clean_env):
+    f = tmp_path / "dup.yaml"
+    f.write_text("listen: 127.0.0.1:1\nsim_models: false\nlisten: 127.0.0.1:2\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:3:1: invalid YAML: duplicate key 'listen'"):
+        load(f)
+
+
+def test_load_error_names_the_file(tmp_path, clean_env):
+    f = tmp_path / "c.yaml"
+    f.write_text("providers:\n  - id: p\n    kind: openai\n    preset: nosuch\n")
+    with pytest.raises(ConfigError, match=rf"^{f}: unknown preset"):
+        load(f)

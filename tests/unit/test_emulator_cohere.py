@@ -23,10 +23,10 @@ from aiohttp import web
 
 from libs.common.config import ProviderConfig
 from libs.common.errors import RateLimited, SwitchmanError, UpstreamError, UpstreamRejected
+from libs.common.profiles import PRESETS
 from services.worker.adapters.base import HttpCall, HttpResponse, Protocol
 from services.worker.adapters.cohere import CohereProtocol
 from services.worker.adapters.replicate import ReplicateProtocol
-from services.worker.profiles import PRESETS
 from tests.emulators import cohere as cohere_emu
 from tests.emulators import replicate as replicate_emu
 

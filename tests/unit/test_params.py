@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 
+import msgspec
 import pytest
 
 from libs.common.errors import InvalidRequest
+from libs.common.profiles import Capabilities, profile_for
 from services.worker.params import fit
-from services.worker.profiles import profile_for
 
 USER = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
@@ -84,7 +85,36 @@ def test_unsupported_none_value_is_dropped_even_without_drop():
 @pytest.mark.parametrize("drop", [True, False])
 def test_n_over_max_n_always_rejected(drop):
     assert rejected(req(n=2), GROQ, drop).param == "n"
-    assert rejected(req(n=3), profile_for("openai", "openai", {"max_n": 2}), drop).param == "n"
+    assert rejected(req(n=3), profile_for("openai", "openai", Capabilities(max_n=2)), drop).param == "n"
+
+
+@pytest.mark.parametrize("drop", [True, False])
+@pytest.mark.parametrize("preset", ["ollama", "lmstudio", "deepseek", "tgi"])
+def test_n_over_one_to_a_one_choice_provider_is_never_dropped(preset, drop):
+    # "n" unsupported means one choice: asking for more is a 400 naming n, never one answer
+    assert "n" in profile_for("openai", preset).unsupported
+    assert rejected(req(n=2), profile_for("openai", preset), drop).param == "n"
+
+
+@pytest.mark.parametrize("drop", [True, False])
+def test_n_unsupported_with_a_larger_max_n_still_rejected(drop):
+    # a profile built around the config check (n unsupported, max_n 4) still never drops n
+    p = msgspec.structs.replace(profile_for("openai", "ollama"), max_n=4)
+    assert rejected(req(n=2), p, drop).param == "n"
+
+
+def test_max_n_override_makes_n_supported():
+    p = profile_for("openai", "ollama", Capabilities(max_n=4))
+    r = req(n=3)
+    fit(r, p, "prov", True)
+    assert r["n"] == 3
+    assert rejected(req(n=5), p, True).param == "n"
+
+
+def test_llamacpp_gives_several_choices():
+    r = req(n=4)
+    fit(r, profile_for("openai", "llamacpp"), "prov", False)
+    assert r["n"] == 4
 
 
 def test_n_within_max_n_kept():
@@ -118,7 +148,7 @@ def test_tool_choice_dropped_for_profile_without_tool_choice():
 
 def test_tool_choice_dropped_when_only_the_profile_lacks_it():
     # not in `unsupported`; only the capability flag says no
-    p = profile_for("openai", "openai", {"tool_choice": False})
+    p = profile_for("openai", "openai", Capabilities(tool_choice=False))
     r = req(tools=TOOLS, tool_choice="required")
     fit(r, p, "prov", True)
     assert "tool_choice" not in r and r["tools"] == TOOLS
@@ -126,7 +156,7 @@ def test_tool_choice_dropped_when_only_the_profile_lacks_it():
 
 
 def test_parallel_tool_calls_dropped_or_rejected():
-    p = profile_for("openai", "openai", {"parallel_tool_calls": False})
+    p = profile_for("openai", "openai", Capabilities(parallel_tool_calls=False))
     r = req(tools=TOOLS, parallel_tool_calls=False)
     fit(r, p, "prov", True)
     assert "parallel_tool_calls" not in r and r["tools"] == TOOLS
@@ -135,7 +165,7 @@ def test_parallel_tool_calls_dropped_or_rejected():
 
 @pytest.mark.parametrize("drop", [True, False])
 def test_stop_over_max_stop_rejected(drop):
-    p = profile_for("openai", "openai", {"max_stop": 2})
+    p = profile_for("openai", "openai", Capabilities(max_stop=2))
     assert rejected(req(stop=["a", "b", "c"]), p, drop).param == "stop"
     ok = req(stop=["a", "b"])
     fit(ok, p, "prov", drop)
@@ -172,7 +202,7 @@ def test_images_to_vision_provider_and_text_parts_to_non_vision_ok():
 
 
 def test_response_format_for_non_json_provider():
-    p = profile_for("openai", "openai", {"json_mode": False})
+    p = profile_for("openai", "openai", Capabilities(json_mode=False))
     r = req(response_format={"type": "json_object"})
     fit(r, p, "prov", True)
     assert "response_format" not in r
@@ -184,7 +214,7 @@ def test_response_format_for_non_json_provider():
 
 
 def test_unsupported_override_list():
-    p = profile_for("openai", "openai", {"unsupported": ["seed", "user"]})
+    p = profile_for("openai", "openai", Capabilities(unsupported=frozenset({"seed", "user"})))
     r = req(seed=1, user="u", temperature=1)
     fit(r, p, "prov", True)
     assert "seed" not in r and "user" not in r and r["temperature"] == 1

@@ -16,8 +16,8 @@ from libs.common.errors import (
     UpstreamProtocolError,
     UpstreamRejected,
 )
+from libs.common.profiles import PRESETS, profile_for
 from services.worker.adapters.openai import OpenAIProtocol, PassthroughStream
-from services.worker.profiles import profile_for
 from tests.schema import validate, validate_sse_chunks
 
 USER = [{"role": "user", "content": "hi"}]
@@ -60,9 +60,21 @@ def test_no_auth_header_without_key_and_extra_headers():
     assert call.url == "http://127.0.0.1:11434/v1/chat/completions"
 
 
-def test_none_auth_preset_never_sends_key():
-    call = proto("ollama", api_key="ignored").chat_request({"messages": USER}, "m", False)
-    assert "Authorization" not in call.headers
+NO_AUTH_PRESETS = sorted(name for name, p in PRESETS.items() if p.auth == "none" and p.kind == "openai")
+
+
+@pytest.mark.parametrize("preset", NO_AUTH_PRESETS)
+def test_key_on_a_keyless_preset_is_sent_as_bearer(preset):
+    # vLLM, llama.cpp, LM Studio, TGI, ... can be started with an API key
+    call = proto(preset, api_key="local-secret").chat_request({"messages": USER}, "m", False)
+    assert call.headers["Authorization"] == "Bearer local-secret"
+    assert proto(preset).models_request().headers.get("Authorization") is None
+
+
+def test_keyless_presets_are_the_local_servers():
+    assert {"ollama", "vllm", "llamacpp", "lmstudio", "localai", "tgi", "textgen-webui"} <= set(
+        NO_AUTH_PRESETS
+    )
 
 
 def test_base_url_override_and_trailing_slash():

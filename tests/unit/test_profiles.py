@@ -1,4 +1,4 @@
-"""services/worker/profiles.py: the presets and profile_for()."""
+"""libs/common/profiles.py: the presets and profile_for()."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 import msgspec
 import pytest
 
-from services.worker.profiles import PRESETS, Profile, profile_for
+from libs.common.profiles import PRESETS, Capabilities, Profile, presets_for, profile_for
 
 PUBLIC = {
     "openai": "https://api.openai.com/v1",
@@ -96,28 +96,67 @@ def test_profile_for_unknown_preset():
 
 
 def test_profile_for_overrides():
-    p = profile_for("openai", "groq", {"max_n": 4, "vision": True, "context_window": 8192})
+    p = profile_for("openai", "groq", Capabilities(max_n=4, vision=True, context_window=8192))
     assert (p.max_n, p.vision, p.context_window) == (4, True, 8192)
     assert p.base_url == PRESETS["groq"].base_url and p.unsupported == PRESETS["groq"].unsupported
     assert PRESETS["groq"].max_n == 1 and PRESETS["groq"].vision is False  # the preset is not mutated
 
 
-def test_profile_for_unsupported_override_becomes_frozenset():
-    p = profile_for("openai", "openai", {"unsupported": ["seed", "user"]})
-    assert p.unsupported == frozenset({"seed", "user"}) and isinstance(p.unsupported, frozenset)
+def test_profile_for_unsupported_override_replaces_the_list():
+    p = profile_for("openai", "openai", Capabilities(unsupported=frozenset({"seed", "user"})))
+    assert p.unsupported == frozenset({"seed", "user"})
 
 
 def test_profile_for_empty_overrides_is_the_preset():
-    assert profile_for("openai", "mistral", {}) is PRESETS["mistral"]
+    assert profile_for("openai", "mistral", Capabilities()) is PRESETS["mistral"]
+    assert profile_for("openai", "mistral", None) is PRESETS["mistral"]
 
 
-def test_profile_for_unknown_override_field():
-    with pytest.raises(KeyError) as e:
-        profile_for("openai", "openai", {"max_n": 2, "visoin": True})
-    assert e.value.args[0] == "visoin"
+def test_max_n_override_makes_n_supported():
+    assert "n" in PRESETS["ollama"].unsupported
+    p = profile_for("openai", "ollama", Capabilities(max_n=4))
+    assert p.max_n == 4 and "n" not in p.unsupported
+    assert p.unsupported == PRESETS["ollama"].unsupported - {"n"}
+    assert "n" in profile_for("openai", "ollama", Capabilities(max_n=1)).unsupported
 
 
-def test_profile_for_wrong_override_type():
-    with pytest.raises(msgspec.ValidationError) as e:
-        profile_for("openai", "openai", {"max_n": "many"})
-    assert "max_n" in str(e.value)
+def test_capabilities_mirror_profile_fields():
+    profile_fields = dict(zip(Profile.__struct_fields__, msgspec.structs.fields(Profile), strict=True))
+    for f in msgspec.structs.fields(Capabilities):
+        assert f.name in profile_fields, f.name
+        assert f.default is None, f.name
+    # what a preset *is* stays the preset's
+    assert not {"name", "kind", "base_url", "auth", "local"} & set(Capabilities.__struct_fields__)
+
+
+def test_capabilities_are_typed_and_strict():
+    with pytest.raises(msgspec.ValidationError, match="unknown field `visoin`"):
+        msgspec.convert({"visoin": True}, Capabilities)
+    with pytest.raises(msgspec.ValidationError, match=r"max_n"):
+        msgspec.convert({"max_n": "many"}, Capabilities)
+    with pytest.raises(msgspec.ValidationError, match=r">= 1 - at `\$.max_n`"):
+        msgspec.convert({"max_n": 0}, Capabilities)
+
+
+def test_n_unsupported_means_one_choice():
+    for name, p in PRESETS.items():
+        if "n" in p.unsupported:
+            assert p.max_n == 1, name
+
+
+def test_llamacpp_allows_n():
+    p = PRESETS["llamacpp"]
+    assert "n" not in p.unsupported and p.max_n > 1
+
+
+def test_presets_for_kind():
+    assert presets_for("gemini") == ["gemini"]
+    assert "groq" in presets_for("openai") and "anthropic" not in presets_for("openai")
+
+
+def test_auth_header_per_style():
+    assert PRESETS["openai"].auth_header("k") == ("Authorization", "Bearer k")
+    assert PRESETS["vllm"].auth_header("k") == ("Authorization", "Bearer k")
+    assert PRESETS["azure"].auth_header("k") == ("api-key", "k")
+    assert PRESETS["gemini"].auth_header("k") == ("x-goog-api-key", "k")
+    assert PRESETS["vllm"].auth_header(None) is None and PRESETS["openai"].auth_header("") is None

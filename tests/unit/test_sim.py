@@ -11,6 +11,7 @@ import pytest
 
 from libs.common.config import ProviderConfig, SimSettings
 from libs.common.errors import UpstreamError
+from libs.common.profiles import PRESETS
 from services.worker.adapters.sim import (
     SimProtocol,
     count_tokens,
@@ -20,7 +21,6 @@ from services.worker.adapters.sim import (
     words,
 )
 from services.worker.chunks import pack_base64
-from services.worker.profiles import PRESETS
 from tests.schema import validate, validate_sse_chunks
 
 USER = [{"role": "user", "content": "Tell me about gateways"}]
@@ -217,6 +217,61 @@ async def test_chat_non_stream_body():
     text = "".join(words(prompt_text({"messages": USER}), 4))
     assert all(c["message"]["content"] == text and c["finish_reason"] == "length" for c in body["choices"])
     assert body["usage"]["completion_tokens"] == 8 == usage.completion_tokens
+
+
+def by_choice(chunks: list[dict]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for c in chunks:
+        for choice in c["choices"]:
+            out.setdefault(choice["index"], []).append(choice)
+    return out
+
+
+async def test_chat_stream_gives_every_choice_and_bills_them_all():
+    sink = Sink()
+    req = {"messages": USER, "n": 3, "max_tokens": 4, "stream_options": {"include_usage": True}}
+    usage = await proto(tokens_per_s=1000).run(None, sink, "chat", req, "sim-x", True)  # type: ignore[arg-type]
+    chunks = sink.decoded()
+    validate_sse_chunks(chunks)
+    choices = by_choice(chunks)
+    text = "".join(words(prompt_text(req), 4))
+    assert sorted(choices) == [0, 1, 2]
+    for pieces in choices.values():
+        assert pieces[0]["delta"] == {"role": "assistant", "content": ""}
+        assert "".join(p["delta"].get("content") or "" for p in pieces) == text
+        assert [p["finish_reason"] for p in pieces].count("length") == 1 and pieces[-1][
+            "finish_reason"
+        ] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 12 == usage.completion_tokens
+
+
+async def test_chat_stream_tool_call_in_every_choice():
+    sink = Sink()
+    req = {"messages": USER, "n": 2, "tools": TOOLS, "tool_choice": "required"}
+    usage = await proto().run(None, sink, "chat", req, "sim-x", True)  # type: ignore[arg-type]
+    choices = by_choice(sink.decoded())
+    assert sorted(choices) == [0, 1]
+    for pieces in choices.values():
+        assert pieces[1]["delta"]["tool_calls"][0]["function"]["name"] == "lookup"
+        assert pieces[-1]["finish_reason"] == "tool_calls"
+    assert usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_completions_give_every_choice(stream):
+    sink = Sink()
+    req = {"prompt": "Once upon", "max_tokens": 3, "n": 2, "stream_options": {"include_usage": True}}
+    usage = await proto().run(None, sink, "completions", req, "sim-c", stream)  # type: ignore[arg-type]
+    bodies = sink.decoded() if stream else [json.loads(sink.results[0])]
+    for b in bodies:  # the schema has no null finish_reason: the pieces before the last are not checked
+        if all(c["finish_reason"] for c in b["choices"]):
+            validate("CreateCompletionResponse", b)
+    choices = by_choice(bodies)
+    assert sorted(choices) == [0, 1]
+    for pieces in choices.values():
+        assert "".join(p["text"] for p in pieces) == "".join(words("Once upon", 3))
+        assert pieces[-1]["finish_reason"] == "length"
+    assert bodies[-1]["usage"]["completion_tokens"] == 6 == usage.completion_tokens
 
 
 async def test_chat_non_stream_tool_call_and_json():

@@ -47,8 +47,7 @@ from .base import HttpCall, Protocol, Translated, retry_after
 
 if TYPE_CHECKING:
     from libs.common.config import ProviderConfig
-
-    from ..profiles import Profile
+    from libs.common.profiles import Profile
 
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096

@@ -29,8 +29,7 @@ from ..chunks import Usage
 
 if TYPE_CHECKING:
     from libs.common.config import ProviderConfig
-
-    from ..profiles import Profile
+    from libs.common.profiles import Profile
 
 
 @dataclass(slots=True)

@@ -46,8 +46,7 @@ from .base import HttpCall, Protocol, StreamTranslator, Translated, retry_after
 
 if TYPE_CHECKING:
     from libs.common.config import ProviderConfig
-
-    from ..profiles import Profile
+    from libs.common.profiles import Profile
 
 
 from .cohere_stream import CohereStream, _dec_any, _enc, _finish, _fn, _int, _logprob, _object, _tc, _usage

@@ -2,7 +2,8 @@
 
 Chat → ``POST {base}/models/{model}:generateContent`` (or
 ``:streamGenerateContent?alt=sse``), embeddings → ``:batchEmbedContents``, discovery →
-``GET {base}/models``; key in ``x-goog-api-key``. The request mapping follows
+``GET {base}/models``; key in ``x-goog-api-key``. A ``base_url`` without a version
+segment gets ``/v1beta`` (:func:`with_version`). The request mapping follows
 protocols.md §3.6 (the messages in :mod:`.gemini_parts`); the response side lives in
 :mod:`.gemini_stream`.
 
@@ -31,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import msgspec
 
@@ -55,13 +57,14 @@ from .gemini_stream import (
 
 if TYPE_CHECKING:
     from libs.common.config import ProviderConfig
-
-    from ..profiles import Profile
+    from libs.common.profiles import Profile
 
 _encoder = msgspec.json.Encoder()
 _encode = _encoder.encode
 
 BATCH_LIMIT = 100
+DEFAULT_VERSION = "v1beta"
+_VERSION = re.compile(r"v\d+(?:(?:alpha|beta)\d*)?")
 _SCALARS = (
     ("temperature", "temperature"),
     ("top_p", "topP"),
@@ -198,6 +201,18 @@ def _estimate_tokens(texts: list[str]) -> int:
     return sum(-(-len(t.encode()) // 4) for t in texts)
 
 
+def with_version(base: str) -> str:
+    """``base`` ending in an API version segment: ``/v1beta`` is added when it has none.
+
+    Operators paste the bare host (``https://generativelanguage.googleapis.com``) as
+    often as the versioned base; a path already ending in a version (``/v1``,
+    ``/v1beta``, ``/v1alpha``) is kept as written, so ``/v1`` can be chosen.
+    """
+    base = base.rstrip("/")
+    last = urlsplit(base).path.rpartition("/")[2]
+    return base if _VERSION.fullmatch(last) else base + "/" + DEFAULT_VERSION
+
+
 def _model_path(model: str) -> str:
     return model if model.startswith(("models/", "tunedModels/")) else "models/" + model
 
@@ -212,20 +227,19 @@ class GeminiProtocol(Protocol):
     def __init__(self, provider: ProviderConfig, profile: Profile) -> None:
         super().__init__(provider, profile)
         self._chat_urls: dict[tuple[str, bool], str] = {}
+        base = provider.base_url or profile.base_url
+        self._root = with_version(base) if base else ""
 
     def _base(self) -> str:
-        base = self.provider.base_url or self.profile.base_url
-        if not base:
+        if not self._root:
             raise InvalidRequest(f"provider {self.provider.id!r} has no base_url", param="model")
-        return base.rstrip("/")
+        return self._root
 
     def _headers(self, body: bool = True) -> dict[str, str]:
         headers = {"content-type": "application/json"} if body else {}
-        key = self.provider.api_key
-        if key and self.profile.auth == "bearer":
-            headers["authorization"] = "Bearer " + key
-        elif key and self.profile.auth != "none":
-            headers["x-goog-api-key"] = key
+        auth = self.profile.auth_header(self.provider.api_key)
+        if auth is not None:
+            headers[auth[0]] = auth[1]
         headers.update(self.provider.headers)
         return headers
 

@@ -97,11 +97,9 @@ class OpenAIProtocol(Protocol):
         base = (provider.base_url or profile.base_url or "").rstrip("/")
         self.base = base
         self.headers = {"Content-Type": "application/json", **provider.headers}
-        key = provider.api_key
-        if key and profile.auth == "bearer":
-            self.headers["Authorization"] = f"Bearer {key}"
-        elif key and profile.auth == "api-key":
-            self.headers["api-key"] = key
+        auth = profile.auth_header(provider.api_key)
+        if auth is not None:
+            self.headers[auth[0]] = auth[1]
         query = f"?{urlencode(provider.query)}" if provider.query else ""
         self.query = query
         # URL per operation, built once; Azure's has a {model} (deployment) slot.

@@ -55,8 +55,7 @@ from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated, 
 
 if TYPE_CHECKING:
     from libs.common.config import ProviderConfig
-
-    from ..profiles import Profile
+    from libs.common.profiles import Profile
 
 
 class _Urls(msgspec.Struct):

@@ -9,6 +9,9 @@ benchmark's upstream.
 A tool call is returned when ``tool_choice`` is ``required`` or names a function
 (arguments ``{}`` unless the prompt is JSON); ``response_format`` json modes get a
 JSON object.
+
+``n`` choices are all answered (streams: ``index`` 0..n-1, interleaved token by token,
+each with its own finish chunk) and all billed: completion tokens × n.
 """
 
 from __future__ import annotations
@@ -127,10 +130,12 @@ class SimProtocol(Protocol):
         if op == "embeddings":
             return await self._embeddings(sink, req, model)
         toks, call, finish = plan_answer(req, s)
-        usage = Usage(
-            prompt_tokens=count_tokens(prompt_text(req)), completion_tokens=max(len(toks), 1 if call else 0)
-        )
         n = req.get("n") or 1
+        # Every choice is the same deterministic answer, and every one is billed.
+        usage = Usage(
+            prompt_tokens=count_tokens(prompt_text(req)),
+            completion_tokens=max(len(toks), 1 if call else 0) * n,
+        )
         if op == "completions":
             return await self._completion(sink, req, model, stream, toks, finish, usage)
         if not stream:
@@ -138,31 +143,32 @@ class SimProtocol(Protocol):
             if call:
                 message["tool_calls"] = [call]
             choices = [{"index": i, "message": dict(message), "finish_reason": finish} for i in range(n)]
-            usage.completion_tokens *= n
             await sink.result(chat_completion(model, choices, usage))
             return usage
         w = ChunkWriter(model, include_usage=bool((req.get("stream_options") or {}).get("include_usage")))
-        await sink.chunk(w.role())
+        await sink.chunk(*(w.role(i) for i in range(n)))
         if call:
-            await sink.chunk(w.delta({"tool_calls": [{"index": 0, **call}]}))
-        else:
-            await self._pace(sink, [w.content(t) for t in toks])
-        await sink.chunk(w.finish(finish))
+            await sink.chunk(*(w.delta({"tool_calls": [{"index": 0, **call}]}, index=i) for i in range(n)))
+        else:  # the choices advance together, one token of each per step, as a batch decodes
+            await self._pace(sink, [w.content(t, i) for t in toks for i in range(n)], n)
+        await sink.chunk(*(w.finish(finish, i) for i in range(n)))
         if w.include_usage:
             await sink.chunk(w.usage(usage))
         return usage
 
-    async def _pace(self, sink: Sink, chunks: list[bytes]) -> None:
+    async def _pace(self, sink: Sink, chunks: list[bytes], width: int = 1) -> None:
+        """Send ``chunks`` at the token rate; ``width`` chunks (one per choice) make one token step."""
         rate = self.settings.tokens_per_s
         if rate <= 0:
             if chunks:
                 await sink.chunk(*chunks)
             return
         # Tokens go out in steps of ~10 ms (one frame each) rather than one by one.
-        step = max(1, int(rate / 100))
+        tokens = max(1, int(rate / 100))
+        step = tokens * width
         for i in range(0, len(chunks), step):
             await sink.chunk(*chunks[i : i + step])
-            await asyncio.sleep(step / rate)
+            await asyncio.sleep(tokens / rate)
 
     async def _completion(
         self,
@@ -175,37 +181,31 @@ class SimProtocol(Protocol):
         usage: Usage,
     ) -> Usage:
         cid, created = new_id("cmpl-"), now()
+        n = req.get("n") or 1
 
-        def body(text: str, fin: str | None, with_usage: bool = False) -> bytes:
+        def body(choices: list[dict[str, Any]], with_usage: bool = False) -> bytes:
             out: dict[str, Any] = {
                 "id": cid,
                 "object": "text_completion",
                 "created": created,
                 "model": model,
-                "choices": [{"index": 0, "text": text, "finish_reason": fin, "logprobs": None}],
+                "choices": choices,
             }
             if with_usage:
                 out["usage"] = usage.to_openai()
             return encode(out)
 
+        def choice(i: int, text: str, fin: str | None) -> dict[str, Any]:
+            return {"index": i, "text": text, "finish_reason": fin, "logprobs": None}
+
         if not stream:
-            await sink.result(body("".join(toks), finish, True))
+            text = "".join(toks)
+            await sink.result(body([choice(i, text, finish) for i in range(n)], True))
             return usage
-        await self._pace(sink, [body(t, None) for t in toks])
-        await sink.chunk(body("", finish))
+        await self._pace(sink, [body([choice(i, t, None)]) for t in toks for i in range(n)], n)
+        await sink.chunk(*(body([choice(i, "", finish)]) for i in range(n)))
         if (req.get("stream_options") or {}).get("include_usage"):
-            await sink.chunk(
-                encode(
-                    {
-                        "id": cid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": model,
-                        "choices": [],
-                        "usage": usage.to_openai(),
-                    }
-                )
-            )
+            await sink.chunk(body([], True))
         return usage
 
     async def _embeddings(self, sink: Sink, req: dict[str, Any], model: str) -> Usage:

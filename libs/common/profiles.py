@@ -3,16 +3,29 @@
 One :class:`Profile` per preset. The adapters read it to drop or reject parameters
 the provider does not support (never sent to fail upstream), and the ingress's
 ``/v1/capabilities`` and ``/v1/extensions`` are derived from the same entries
-(the worker publishes them; see :mod:`services.worker.catalog`).
+(the worker publishes them; see :mod:`services.worker.catalog`). A provider's
+``capabilities:`` (:class:`Capabilities`) override its preset's profile. The
+configuration checks presets and overrides against these (:mod:`libs.common.config`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
+# How the API key travels. "none": the server needs no key (local servers), but one
+# that is configured is sent as a bearer token — vLLM, llama.cpp, LM Studio, TGI, ...
+# can all be started with an API key.
 Auth = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "token", "none"]
+_AUTH_HEADERS: dict[str, tuple[str, str]] = {
+    "bearer": ("Authorization", "Bearer "),
+    "none": ("Authorization", "Bearer "),
+    "token": ("Authorization", "Token "),
+    "api-key": ("api-key", ""),
+    "x-api-key": ("x-api-key", ""),
+    "x-goog-api-key": ("x-goog-api-key", ""),
+}
 
 
 class Profile(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,6 +34,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     base_url: str | None = None
     auth: Auth = "bearer"
     # Parameters the provider does not accept: dropped, or 400 when drop_params is off.
+    # "n" here means one choice per request (max_n is then 1).
     unsupported: frozenset[str] = frozenset()
     streaming: bool = True
     tools: bool = True
@@ -47,6 +61,46 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     local: bool = False
     # Model list endpoint style: "openai" (/models), "ollama" (/api/tags), "" none.
     models_endpoint: str = "openai"
+
+    def auth_header(self, key: str | None) -> tuple[str, str] | None:
+        """The (name, value) header carrying ``key``; None without a key."""
+        if not key:
+            return None
+        name, scheme = _AUTH_HEADERS[self.auth]
+        return name, scheme + key
+
+
+_Count = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 1)]
+
+
+class Capabilities(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A provider's ``capabilities:`` — overrides of its preset's :class:`Profile`.
+
+    Every field mirrors the Profile field of the same name; None (the default) keeps
+    the preset's value. What a preset is (name, kind, base URL, auth, local) is not
+    overridable here: ``base_url``, ``api_key`` and ``headers`` are provider fields.
+    """
+
+    unsupported: frozenset[str] | None = None  # replaces the preset's list
+    streaming: bool | None = None
+    tools: bool | None = None
+    tool_choice: bool | None = None
+    parallel_tool_calls: bool | None = None
+    vision: bool | None = None
+    json_mode: bool | None = None
+    embeddings: bool | None = None
+    completions: bool | None = None
+    stream_usage: bool | None = None
+    # OpenAI's own bounds: n 1-128, top_logprobs 0-20 (the ingress never asks for more).
+    max_n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    max_stop: _Count | None = None
+    max_top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    context_window: _Count | None = None
+    max_output_tokens: _Count | None = None
+    legacy_max_tokens: bool | None = None
+    extensions: dict[str, str] | None = None
+    chat_path: Annotated[str, msgspec.Meta(pattern="^/")] | None = None
+    models_endpoint: Literal["openai", "ollama", ""] | None = None
 
 
 def _p(name: str, **kw: object) -> Profile:
@@ -255,11 +309,11 @@ PRESETS: dict[str, Profile] = {
             local=True,
         ),
         _p(
+            # llama-server answers n choices (no cap of its own; beyond its slots they queue).
             "llamacpp",
             base_url="http://127.0.0.1:8081/v1",
             auth="none",
-            unsupported=frozenset({"logit_bias", "n"}),
-            max_n=1,
+            unsupported=frozenset({"logit_bias"}),
             embeddings=True,
             completions=True,
             local=True,
@@ -357,19 +411,24 @@ PRESETS: dict[str, Profile] = {
 }
 
 
-def profile_for(kind: str, preset: str | None, overrides: dict[str, object] | None = None) -> Profile:
-    """The profile of a configured provider: its preset (or its kind's), then overrides."""
-    name = preset or kind
-    base = PRESETS.get(name)
-    if base is None:
-        raise KeyError(name)
-    if overrides:
-        fields = set(Profile.__struct_fields__)
-        bad = sorted(set(overrides) - fields)
-        if bad:
-            raise KeyError(bad[0])
-        data = msgspec.structs.asdict(base) | dict(overrides)
-        if "unsupported" in overrides:
-            data["unsupported"] = frozenset(overrides["unsupported"])  # type: ignore[call-overload]
-        base = msgspec.convert(data, Profile)
-    return base
+def profile_for(kind: str, preset: str | None, caps: Capabilities | None = None) -> Profile:
+    """The profile of a configured provider: its preset (or its kind's), then ``caps``.
+
+    Raises KeyError for an unknown preset (the config check names it first). A
+    ``max_n`` above 1 makes ``n`` supported: an override never leaves the preset's
+    "one choice" mark in place to drop ``n`` silently.
+    """
+    base = PRESETS[preset or kind]
+    if caps is None:
+        return base
+    changes = {f: v for f in caps.__struct_fields__ if (v := getattr(caps, f)) is not None}
+    if not changes:
+        return base
+    if changes.get("max_n", 1) > 1 and "unsupported" not in changes:
+        changes["unsupported"] = base.unsupported - {"n"}
+    return msgspec.structs.replace(base, **changes)
+
+
+def presets_for(kind: str) -> list[str]:
+    """The preset names a provider of ``kind`` may name, sorted."""
+    return sorted(name for name, p in PRESETS.items() if p.kind == kind)
