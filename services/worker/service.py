@@ -85,7 +85,7 @@ class Worker(Service):
             provider=p,
             profile=profile,
             protocol=proto,
-            upstream=Upstream(p, proto, session),
+            upstream=Upstream(p, proto, session, log=self.log),
             session=session,
             log=self.log,
             telemetry=self.telemetry,
