@@ -35,8 +35,9 @@ def _up(args: argparse.Namespace) -> None:
     embedded = EmbeddedNats(data_dir(cfg.data_dir))
     try:
         cfg = msgspec.structs.replace(cfg, nats_url=embedded.start())
-    except RuntimeError as e:
-        print(f"switchman: {e}", file=sys.stderr)
+    except (RuntimeError, OSError) as e:  # data dir busy or not writable, no binary, ...
+        embedded.stop()
+        print(f"switchman: cannot start the embedded nats-server: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     try:
         start(NAMES, cfg, embedded.log_path)

@@ -103,13 +103,23 @@ def wait_for_nats(
     raise TimeoutError(f"NATS on {host}:{port} not ready after {timeout}s (last error: {last_err})")
 
 
+# As the embedded server and deploy/nats.conf run it.
+MAX_PAYLOAD = 8 * 1024 * 1024
+
+
 class NatsServer:
     """A nats-server subprocess with JetStream, restartable on the same port and store dir."""
 
     def __init__(
-        self, binary: str, store_dir: str | os.PathLike[str], port: int | None = None, host: str = HOST
+        self,
+        binary: str,
+        store_dir: str | os.PathLike[str],
+        port: int | None = None,
+        host: str = HOST,
+        max_payload: int = MAX_PAYLOAD,
     ):
         self.binary = binary
+        self.max_payload = max_payload
         self.host = host
         self.port = port or free_port(host)
         self.store_dir = str(store_dir)
@@ -142,6 +152,8 @@ class NatsServer:
             self.store_dir,
             "-n",
             f"test-{self.port}",
+            "-c",
+            os.path.join(self.store_dir, "nats-server.conf"),
         ]
 
     def start(self, timeout: float = 15.0) -> None:
@@ -149,6 +161,8 @@ class NatsServer:
         if self.running:
             return
         os.makedirs(self.store_dir, exist_ok=True)
+        with open(os.path.join(self.store_dir, "nats-server.conf"), "w") as conf:
+            conf.write(f"max_payload: {self.max_payload}\n")
         # Restarting right after a kill can briefly hit EADDRINUSE: retry a few times on the same port.
         attempts = 5
         for attempt in range(attempts):
@@ -290,14 +304,17 @@ def _docker_unavailable_reason() -> str | None:
 
 
 def start_nats_server(
-    store_dir: str | os.PathLike[str] | None = None, timeout: float = 15.0
+    store_dir: str | os.PathLike[str] | None = None, timeout: float = 15.0, max_payload: int = MAX_PAYLOAD
 ) -> NatsServer | DockerNatsServer:
-    """Start a JetStream-enabled NATS server for tests; raise NatsServerUnavailable if impossible."""
+    """Start a JetStream-enabled NATS server for tests; raise NatsServerUnavailable if impossible.
+
+    It runs with the 8 MB max_payload Switchman's embedded and compose servers use.
+    """
     if store_dir is None:
         store_dir = tempfile.mkdtemp(prefix="switchman-nats-")
     binary = find_nats_server()
     if binary:
-        srv = NatsServer(binary, store_dir)
+        srv = NatsServer(binary, store_dir, max_payload=max_payload)
         for attempt in range(3):  # the free port may be grabbed between probe and bind
             try:
                 srv.start(timeout)
@@ -305,7 +322,7 @@ def start_nats_server(
             except RuntimeError:
                 if attempt == 2:
                     raise
-                srv = NatsServer(binary, store_dir)
+                srv = NatsServer(binary, store_dir, max_payload=max_payload)
     reason = _docker_unavailable_reason()
     if reason is not None:
         raise NatsServerUnavailable(

@@ -119,7 +119,9 @@ class KeyConfig(_Base):
 
 
 class Limits(_Base):
-    max_body_bytes: int = 4 * 1024 * 1024
+    # At most what one bus message carries (max_payload: 8 MB embedded) less 64 KB for the
+    # routing envelope; a larger value is capped at start (with a warning).
+    max_body_bytes: int = 8 * 1024 * 1024 - 64 * 1024
     # A worker must acknowledge a routed request within this time.
     ack_timeout_s: float = 2.0
     # A stream with no frame from its worker for this long is failed.

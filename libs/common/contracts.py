@@ -174,6 +174,10 @@ catalog_decoder = msgspec.json.Decoder(Catalog)
 
 KEEPALIVE_FRAME = b"K"
 
+# Room kept in every request message for the routing envelope in front of the body
+# (the router adds the plan): a body may use the bus's max_payload minus this.
+ENVELOPE_ROOM = 64 * 1024
+
 
 def ack_frame(ack: Ack) -> bytes:
     return b"A" + encode(ack)

@@ -92,6 +92,7 @@ class Ingress(Service):
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.subs: list[Any] = []
+        self.body_limit = cfg.limits.max_body_bytes  # capped by the bus's max_payload at start
         self.access_log: bool | None = None  # known once logging is set up (first request)
         lim = cfg.limits
         self.ack_timeout, self.idle_timeout, self.request_timeout = (
@@ -107,6 +108,15 @@ class Ingress(Service):
         await self.bus.start()
         self.subs.append(await nc.subscribe(subjects.CATALOG_UPDATE, cb=self.on_catalog))
         await nc.publish(subjects.CATALOG_REQUEST, b"")
+        # A body must fit in one bus message with its routing envelope: beyond, 413, never 500.
+        self.body_limit = min(self.cfg.limits.max_body_bytes, nc.max_payload - contracts.ENVELOPE_ROOM)
+        if self.body_limit < self.cfg.limits.max_body_bytes:
+            self.log.warning(
+                "body_limit_capped_by_bus",
+                max_body_bytes=self.cfg.limits.max_body_bytes,
+                nats_max_payload=nc.max_payload,
+                body_limit=self.body_limit,
+            )
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
         await self.runner.setup()
         httpserver.install(self.runner, self.cfg.limits.header_timeout_s)
@@ -136,9 +146,7 @@ class Ingress(Service):
         self.view.add(contracts.catalog_decoder.decode(msg.data))
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.cfg.limits.max_body_bytes, middlewares=[self.access, self.errors]
-        )
+        app = web.Application(client_max_size=self.body_limit, middlewares=[self.access, self.errors])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
@@ -182,9 +190,7 @@ class Ingress(Service):
             return error_response(e, self._rid(request))
         except web.HTTPRequestEntityTooLarge:
             return error_response(
-                PayloadTooLarge(
-                    f"The request body exceeds the limit of {self.cfg.limits.max_body_bytes} bytes."
-                ),
+                PayloadTooLarge(f"The request body exceeds the limit of {self.body_limit} bytes."),
                 self._rid(request),
             )
         except web.HTTPNotFound:

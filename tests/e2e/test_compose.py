@@ -556,6 +556,9 @@ def test_nats_service_command(tmp_path: Path) -> None:
     client_port, monitor_port = free_port(), free_port()
     cmd[cmd.index("-sd") + 1] = str(tmp_path / "store")
     cmd[cmd.index("-m") + 1] = str(monitor_port)
+    conf = cmd[cmd.index("-c") + 1]  # mounted from deploy/: run it from there
+    host_conf = next(src for src, target in volume_mounts(nats) if target == conf)
+    cmd[cmd.index("-c") + 1] = str(COMPOSE_FILE.parent / host_conf)
     probe = healthcheck_argv(nats["healthcheck"]["test"])
     url = next(a for a in probe if a.startswith("http")).replace(":8222/", f":{monitor_port}/")
     with open(tmp_path / "nats.log", "wb") as log:
@@ -575,6 +578,9 @@ def test_nats_service_command(tmp_path: Path) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        varz = url.replace("/healthz", "/varz")
+        with urllib.request.urlopen(varz, timeout=2) as r:
+            assert json.loads(r.read())["max_payload"] == 8 * 1024 * 1024  # multi-MB bodies cross the bus
     finally:
         proc.terminate()
         proc.wait(10)

@@ -29,7 +29,7 @@ def test_empty_and_none_give_defaults():
         assert isinstance(cfg, Config)
         assert cfg.listen == "127.0.0.1:8080" and cfg.host_port == ("127.0.0.1", 8080)
         assert cfg.providers == [] and cfg.models == [] and cfg.sim_models is True
-        assert cfg.limits.max_body_bytes == 4 * 1024 * 1024
+        assert cfg.limits.max_body_bytes == 8 * 1024 * 1024 - 64 * 1024
 
 
 def test_env_expansion_in_nested_strings():
