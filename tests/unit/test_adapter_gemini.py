@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import re
 import struct
@@ -25,6 +24,7 @@ from services.worker.adapters.gemini import GeminiProtocol
 from services.worker.adapters.gemini_stream import split_tool_call_id
 from services.worker.profiles import PRESETS
 from services.worker.upstream import Upstream, new_session
+from tests import schema
 
 BASE = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -48,18 +48,8 @@ def chat(*messages: dict[str, Any], **kw: Any) -> dict[str, Any]:
 USER = {"role": "user", "content": "hi"}
 
 
-def _schema() -> Any:
-    try:
-        return importlib.import_module("tests.schema")
-    except ImportError:
-        return None
-
-
 @pytest.fixture
 def validate() -> Any:
-    schema = _schema()
-    if schema is None:
-        pytest.skip("tests/schema.py is not available yet")
     return schema.validate
 
 
