@@ -86,40 +86,37 @@ async def execute(
     cand = target(env)
     # This task's own context: every log line of the attempt carries these.
     log.bind(request_id=env.request_id, provider=cand.provider, attempt=env.attempt)
-    try:
-        with tracing.span(
-            "worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model
-        ):
+    # The whole attempt, hand-over included, is one span: the next candidate's attempt
+    # continues this request's trace as its child.
+    with tracing.span("worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model):
+        try:
             usage = await _run(binding, env, body, sink)
-        if env.stream:
-            u = usage or Usage()
-            await sink.frame(
-                contracts.done_frame(
-                    Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
-                )
+            if env.stream:
+                u = usage or Usage()
+                done = Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+                await sink.frame(contracts.done_frame(done))
+        except SwitchmanError as e:
+            error = e
+        except asyncio.CancelledError:
+            # Client gone or shutting down: the one terminal frame still goes out, and the
+            # request is not handed on (nobody may be waiting for it).
+            error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
+            await sink.frame(contracts.error_frame(error.frame()))
+            _report(binding, env, attempt_id, started, sink, usage, error)
+            raise
+        except Exception as e:  # a bug: never a hang, never a silent end
+            binding.log.exception("attempt_crashed")
+            error = InternalError(f"internal error in the worker: {type(e).__name__}")
+        if error is not None:
+            error.provider = error.provider or cand.provider
+            binding.log.warning(
+                "attempt_failed",
+                model=cand.model,
+                status=error.status,
+                error=error.message,
+                after_first_byte=sink.started,
             )
-    except SwitchmanError as e:
-        error = e
-    except asyncio.CancelledError:
-        # Client gone or shutting down: the one terminal frame still goes out, and the
-        # request is not handed on (nobody may be waiting for it).
-        error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
-        await sink.frame(contracts.error_frame(error.frame()))
-        _report(binding, env, attempt_id, started, sink, usage, error)
-        raise
-    except Exception as e:  # a bug: never a hang, never a silent end
-        binding.log.exception("attempt_crashed")
-        error = InternalError(f"internal error in the worker: {type(e).__name__}")
-    if error is not None:
-        error.provider = error.provider or cand.provider
-        binding.log.warning(
-            "attempt_failed",
-            model=cand.model,
-            status=error.status,
-            error=error.message,
-            after_first_byte=sink.started,
-        )
-        await fail(nc, sink, env, data, error)
+            await fail(nc, sink, env, data, error, trace)
     _report(binding, env, attempt_id, started, sink, usage, error)
 
 
@@ -138,8 +135,19 @@ async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSin
         raise GatewayTimeout("the request deadline passed before the provider finished") from None
 
 
-async def fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: SwitchmanError) -> None:
-    """End the attempt: hand the request to the next candidate when it may, else an E frame."""
+async def fail(
+    nc: NATS,
+    sink: InboxSink,
+    env: Envelope,
+    data: bytes,
+    error: SwitchmanError,
+    trace: dict[str, str] | None = None,
+) -> None:
+    """End the attempt: hand the request to the next candidate when it may, else an E frame.
+
+    The hand-over carries the current span's context (the failed attempt), else the
+    incoming ``trace`` headers, so every attempt of a request is in the request's trace.
+    """
     past_deadline = time.time() * 1000 >= env.deadline_ms
     if not sink.started and error.retryable and env.attempt < len(env.plan) and not past_deadline:
         failed, nxt = target(env), env.plan[env.attempt]
@@ -159,7 +167,7 @@ async def fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: Swi
             subjects.exec_subject(nxt.provider),
             contracts.repack(data, moved),
             reply=sink.reply,
-            headers=tracing.carrier(),
+            headers=tracing.carrier() or trace,
         )
         return
     await sink.frame(contracts.error_frame(error.frame()))

@@ -152,7 +152,7 @@ class Worker(Service):
         sink = InboxSink(nc, reply)
         if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
             err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
-            await fail(nc, sink, env, msg.data, err)  # the next candidate may have room
+            await fail(nc, sink, env, msg.data, err, msg.headers)  # the next candidate may have room
 
     async def _execute(
         self,
