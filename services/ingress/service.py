@@ -63,14 +63,13 @@ class Ingress(Service):
     name = "ingress"
 
     def __init__(self, cfg: Config) -> None:
-        super().__init__()
+        super().__init__(cfg.limits.idle_timeout_s)
         self.cfg = cfg
         self.keys: dict[str, KeyConfig] = {k.key: k for k in cfg.keys}
         self.view = ModelView(cfg)
         self.bus: Bus | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.subs: list[Any] = []
         lim = cfg.limits
         self.ack_timeout, self.idle_timeout, self.request_timeout = (
             lim.ack_timeout_s,
@@ -82,10 +81,12 @@ class Ingress(Service):
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
         self.bus = Bus(nc, process_id())
-        await self.bus.start()
-        self.subs.append(await nc.subscribe(subjects.CATALOG_UPDATE, cb=self.on_catalog))
+        await self.bus.start(self.subscribe)
+        await self.subscribe(subjects.CATALOG_UPDATE, self.on_catalog)
         await nc.publish(subjects.CATALOG_REQUEST, b"")
-        self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        self.runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=self.drain_timeout_s
+        )
         await self.runner.setup()
         host, port = self.cfg.host_port
         site = web.TCPSite(self.runner, host, port, backlog=4096, reuse_address=True)
@@ -99,15 +100,11 @@ class Ingress(Service):
                 "open_gateway", host=host, hint="no keys configured: anyone who reaches this port can use it"
             )
 
-    async def stop(self) -> None:
+    async def finish(self) -> None:
+        """Stop listening first, then wait for the in-flight requests (up to the drain
+        timeout): their reply inbox is drained only after this."""
         if self.runner is not None:
-            # Stops accepting, waits for in-flight requests (they need the bus), then closes.
             await self.runner.cleanup()
-        if self.bus is not None:
-            await self.bus.stop()
-        for s in self.subs:
-            with contextlib.suppress(Exception):
-                await s.unsubscribe()
 
     async def on_catalog(self, msg: Msg) -> None:
         self.view.add(contracts.catalog_decoder.decode(msg.data))

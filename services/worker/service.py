@@ -25,7 +25,7 @@ from libs.common import contracts, registry, subjects
 from libs.common.config import Config, ProviderConfig, environ
 from libs.common.contracts import Ack, Catalog, Envelope, Extension, Heartbeat, ModelInfo
 from libs.common.errors import Overloaded
-from libs.common.service import Service, Tasks, process_id
+from libs.common.service import Service, process_id
 
 from . import catalog, discovery
 from .adapters import protocol_class
@@ -63,16 +63,15 @@ class Worker(Service):
     name = "worker"
 
     def __init__(self, cfg: Config, providers: list[str] | None = None) -> None:
-        super().__init__()
+        super().__init__(cfg.limits.idle_timeout_s, cfg.limits.max_in_flight)
         self.cfg = cfg
         self.id = process_id()
         wanted = set(providers) if providers else None
         self.configured = [p for p in registry.providers(cfg, environ()) if wanted is None or p.id in wanted]
         self.bindings: dict[str, Binding] = {}
-        self.tasks = Tasks(cfg.limits.max_in_flight)
         self.active: dict[str, tuple[asyncio.Task[Any], InboxSink]] = {}
-        self.subs: list[Any] = []
-        self.loops: list[asyncio.Task[Any]] = []
+        self.heartbeats: asyncio.Task[Any] | None = None
+        self.keepalives: asyncio.Task[Any] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
@@ -87,16 +86,15 @@ class Worker(Service):
                 self.bind(p)
         await discovery.models(self.bindings.values(), self.log)
         for pid in self.bindings:
-            self.subs.append(
-                await nc.subscribe(
-                    subjects.exec_subject(pid), queue=subjects.worker_queue(pid), cb=self.on_exec
-                )
-            )
-        self.subs.append(await nc.subscribe(subjects.CANCEL, cb=self.on_cancel))
-        self.subs.append(await nc.subscribe(subjects.CATALOG_REQUEST, cb=self.on_catalog_request))
+            queue = subjects.worker_queue(pid)
+            await self.subscribe(subjects.exec_subject(pid), self.on_exec, queue=queue, intake=True)
+        # A worker that stops taking work stops advertising itself too.
+        await self.subscribe(subjects.CATALOG_REQUEST, self.on_catalog_request, intake=True)
+        # Cancels must reach the in-flight streams until they are done.
+        await self.subscribe(subjects.CANCEL, self.on_cancel)
         await self.announce()
-        self.loops.append(asyncio.create_task(self._heartbeat_loop()))
-        self.loops.append(asyncio.create_task(self._keepalive_loop()))
+        self.heartbeats = asyncio.create_task(self._heartbeat_loop())
+        self.keepalives = asyncio.create_task(self._keepalive_loop())
 
     def bind(self, p: ProviderConfig) -> None:
         if not subjects.valid_token(p.id):
@@ -115,14 +113,17 @@ class Worker(Service):
             models=list(p.models),
         )
 
-    async def stop(self) -> None:
-        for s in self.subs:
-            with contextlib.suppress(Exception):
-                await s.unsubscribe()
-        await self.tasks.drain(timeout=self.cfg.limits.idle_timeout_s)
-        for t in self.loops:
-            t.cancel()
-        await self.telemetry.stop()
+    async def finish(self) -> None:
+        """No more heartbeats (routers stop counting on this worker); in-flight streams
+        keep their keep-alives and frames until they end."""
+        if self.heartbeats is not None:
+            self.heartbeats.cancel()
+        await super().finish()
+
+    async def close(self) -> None:
+        if self.keepalives is not None:
+            self.keepalives.cancel()
+        await self.telemetry.stop()  # usage records flushed, with their acks
         for b in self.bindings.values():
             await b.session.close()
 
