@@ -125,6 +125,7 @@ class Service:
 
     async def stop(self) -> None:
         await self._drain(intake=True)
+        self.log.info("draining", in_flight=len(self.tasks))
         await self.finish()
         await self._drain(intake=False)
         await self.close()
