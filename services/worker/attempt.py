@@ -21,8 +21,10 @@ from libs.common import contracts, log, subjects, tracing
 from libs.common.contracts import AttemptEvent, Candidate, Done, Envelope, Moved, UsageRecord
 from libs.common.errors import GatewayTimeout, InternalError, InvalidRequest, SwitchmanError, UpstreamError
 
+from . import tokens
 from .chunks import Usage
 from .params import fit
+from .tokens import Streamed
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -35,7 +37,7 @@ _decode_body = msgspec.json.Decoder(dict).decode
 class InboxSink:
     """Frames to the client's reply inbox; remembers when the first byte went out."""
 
-    __slots__ = ("nc", "reply", "started", "first_at", "last_at")
+    __slots__ = ("nc", "reply", "started", "first_at", "last_at", "streamed")
 
     def __init__(self, nc: NATS, reply: str) -> None:
         self.nc = nc
@@ -43,6 +45,8 @@ class InboxSink:
         self.started = False
         self.first_at = 0.0
         self.last_at = time.monotonic()
+        # What went to the client, for an estimate when the provider's count is missing.
+        self.streamed = Streamed()
 
     def _mark(self) -> None:
         now = time.monotonic()
@@ -54,10 +58,12 @@ class InboxSink:
     async def chunk(self, *pieces: bytes) -> None:
         """One ``C`` frame for all ``pieces`` (newline-separated: chunks are one-line JSON)."""
         self._mark()
+        self.streamed.add(pieces)
         await self.nc.publish(self.reply, b"C" + (pieces[0] if len(pieces) == 1 else b"\n".join(pieces)))
 
     async def result(self, body: bytes) -> None:
         self._mark()
+        self.streamed.add((body,))
         await self.nc.publish(self.reply, b"R" + body)
 
     async def frame(self, data: bytes) -> None:
@@ -83,6 +89,7 @@ async def execute(
     started = time.monotonic()
     usage: Usage | None = None
     error: SwitchmanError | None = None
+    req: dict[str, Any] | None = None
     cand = target(env)
     # This task's own context: every log line of the attempt carries these.
     log.bind(request_id=env.request_id, provider=cand.provider, attempt=env.attempt)
@@ -90,7 +97,8 @@ async def execute(
     # continues this request's trace as its child.
     with tracing.span("worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model):
         try:
-            usage = await _run(binding, env, body, sink)
+            req = _request(binding, body)
+            usage = settled(await _run(binding, env, req, sink), req, sink)
             if env.stream:
                 u = usage or Usage()
                 done = Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
@@ -102,7 +110,7 @@ async def execute(
             # request is not handed on (nobody may be waiting for it).
             error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
             await sink.frame(contracts.error_frame(error.frame()))
-            _report(binding, env, attempt_id, started, sink, usage, error)
+            _report(binding, env, attempt_id, started, sink, settled(usage, req, sink), error)
             raise
         except Exception as e:  # a bug: never a hang, never a silent end
             binding.log.exception("attempt_crashed")
@@ -117,15 +125,21 @@ async def execute(
                 after_first_byte=sink.started,
             )
             await fail(nc, sink, env, data, error, trace)
+            usage = settled(usage, req, sink)
     _report(binding, env, attempt_id, started, sink, usage, error)
 
 
-async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSink) -> Usage | None:
+def _request(binding: Binding, body: memoryview) -> dict[str, Any]:
+    """The client's body, decoded once and fitted to the provider's profile."""
     try:
         req: dict[str, Any] = _decode_body(body)
     except (msgspec.DecodeError, RecursionError):
         raise InvalidRequest("the request body is not a JSON object") from None
     fit(req, binding.profile, binding.provider.id, binding.provider.drop_params)
+    return req
+
+
+async def _run(binding: Binding, env: Envelope, req: dict[str, Any], sink: InboxSink) -> Usage | None:
     coro = binding.protocol.run(binding.upstream, sink, env.op, req, target(env).model, env.stream)
     remaining = env.deadline_ms / 1000 - time.time()
     try:
@@ -133,6 +147,23 @@ async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSin
             return await coro
     except TimeoutError:
         raise GatewayTimeout("the request deadline passed before the provider finished") from None
+
+
+def settled(usage: Usage | None, req: dict[str, Any] | None, sink: InboxSink) -> Usage | None:
+    """The attempt's usage: the provider's, else estimated from what reached the client.
+
+    An attempt that sent its first byte used tokens even when it ended without the
+    provider's count (cut stream, client gone, deadline, a provider that reports
+    none): the completion is estimated from the text streamed, the prompt from the
+    request, and the usage is flagged ``estimated``. Nothing sent: nothing counted.
+    """
+    if usage is None or not (usage.prompt_tokens or usage.completion_tokens):
+        if not sink.started:
+            return usage
+        usage = Usage(completion_tokens=sink.streamed.tokens(), estimated=True)
+    if usage.estimated and not usage.prompt_tokens and req is not None:
+        usage.prompt_tokens = tokens.prompt(req)
+    return usage
 
 
 async def fail(
@@ -182,7 +213,8 @@ def _report(
     usage: Usage | None,
     error: SwitchmanError | None,
 ) -> None:
-    """Attempt event for health, usage record for the ledger (batched, after the terminal frame)."""
+    """Attempt event for health, usage record for the ledger (sent by the telemetry loop,
+    after the terminal frame, off the request path)."""
     now = time.monotonic()
     cand = target(env)
     u = usage or Usage()
@@ -217,5 +249,6 @@ def _report(
             cost_usd=binding.cost(cand.model, u),
             status=event.status,
             ts=event.ts,
+            estimated=u.estimated,
         )
     binding.telemetry.record(event, record)

@@ -758,12 +758,13 @@ def test_embeddings_float_and_usage_estimate() -> None:
     assert [d["embedding"] for d in doc["data"]] == [[0.5, -0.25, 1.0], [0.0, 0.125, -1.5]]
     assert [d["index"] for d in doc["data"]] == [0, 1]
     assert doc["usage"] == {"prompt_tokens": 6, "total_tokens": 6} and out.usage.prompt_tokens == 6
+    assert out.usage.estimated
 
 
 def test_embeddings_usage_metadata_when_present() -> None:
     body = json.dumps({**VECS, "usageMetadata": {"promptTokenCount": 9}}).encode()
     out = proto().embeddings_response(body, "e", {"model": "e", "input": ["a", "b"]})
-    assert out.usage.prompt_tokens == 9
+    assert out.usage.prompt_tokens == 9 and not out.usage.estimated
 
 
 def test_embeddings_base64() -> None:

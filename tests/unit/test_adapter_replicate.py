@@ -183,14 +183,16 @@ def test_length_when_output_tokens_reach_max_tokens():
 
 
 def test_usage_is_estimated_without_metrics():
-    tr = ReplicateStream("llama", False, "rep", max_tokens=1, prompt_chars=40)
+    tr = ReplicateStream("llama", False, "rep", max_tokens=1, prompt_bytes=40)
     tr.feed("output", b"12345678")
     tr.feed("done", b"")
     tr.settle(None)
-    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens) == (10, 2)
+    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens, tr.usage.estimated) == (10, 2, True)
     assert tr.finish_reason == "stop"  # never "length" from an estimate
     tr.settle(final(output_token_count=5))  # per field: the prompt is still estimated
-    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens) == (10, 5)
+    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens, tr.usage.estimated) == (10, 5, True)
+    tr.settle(final(input_token_count=7, output_token_count=5))
+    assert (tr.usage.prompt_tokens, tr.usage.estimated) == (7, False)
 
 
 def test_done_without_output_still_sends_role_and_finish():
