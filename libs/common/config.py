@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -123,6 +123,21 @@ class TracingConfig(_Base):
     exporter: str = "console"
 
 
+class UsageConfig(_Base):
+    """The JetStream stream ``SW_USAGE`` that keeps usage records until the ledger has them.
+
+    Limits keep an embedded install from growing without bound: records older than
+    ``max_age_s`` or beyond ``max_bytes`` are discarded, oldest first. A retried
+    publish within ``duplicate_window_s`` (same attempt id) is stored once.
+    ``max_pending`` bounds the records a worker holds while NATS is unreachable.
+    """
+
+    max_age_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 24 * 3600.0
+    max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1024**3
+    duplicate_window_s: Annotated[float, msgspec.Meta(gt=0)] = 24 * 3600.0
+    max_pending: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+
+
 class Config(_Base):
     listen: str = "127.0.0.1:8080"
     nats_url: str | None = None
@@ -139,6 +154,7 @@ class Config(_Base):
     env_providers: bool = True
     log_level: str = "info"
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -76,7 +76,7 @@ class Worker(Service):
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
-        self.telemetry = Telemetry(nc, self.id, self.log)
+        self.telemetry = Telemetry(nc, self.cfg.usage, self.log)
         self.telemetry.start()
         for p in self.configured:
             self.bind(p)

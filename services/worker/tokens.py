@@ -23,7 +23,8 @@ from typing import Any
 BYTES_PER_TOKEN = 4
 
 # The JSON string fields of OpenAI chunks and bodies that carry generated text.
-_TEXT_KEYS = (b'"content":"', b'"arguments":"', b'"text":"')
+_TEXT_KEYS = (b'"content"', b'"arguments"', b'"text"')
+_SPACE = b" \t\r\n"
 
 
 def of_bytes(n: int) -> int:
@@ -61,14 +62,17 @@ def _prompt_texts(req: dict[str, Any]) -> Iterable[str]:
 def text_bytes(data: bytes) -> int:
     """Bytes of generated text in OpenAI JSON (``content``, tool ``arguments``, ``text``).
 
-    A few ``bytes.find`` calls, no decoding: cheap enough to run on every chunk a
-    worker sends. JSON escapes count as their escaped length (close enough).
+    A few ``bytes.find`` calls, no decoding. JSON escapes count as their escaped
+    length, close enough for an estimate.
     """
     n = 0
     for key in _TEXT_KEYS:
         at = data.find(key)
         while at >= 0:
-            start = at + len(key)
+            start = _string_start(data, at + len(key))
+            if start < 0:
+                at = data.find(key, at + len(key))
+                continue
             end = data.find(b'"', start)
             while end > 0 and data[end - 1] == 92:  # an escaped quote
                 end = data.find(b'"', end + 1)
@@ -77,6 +81,21 @@ def text_bytes(data: bytes) -> int:
             n += end - start
             at = data.find(key, end)
     return n
+
+
+def _string_start(data: bytes, i: int) -> int:
+    """After a key: the index just past the opening quote of its string value, else -1."""
+    if data[i : i + 2] == b':"':  # compact JSON, the common case
+        return i + 2
+    n = len(data)
+    while i < n and data[i] in _SPACE:
+        i += 1
+    if i >= n or data[i] != 58:  # ":"
+        return -1
+    i += 1
+    while i < n and data[i] in _SPACE:
+        i += 1
+    return i + 1 if i < n and data[i] == 34 else -1  # '"'
 
 
 class Streamed:
