@@ -3,9 +3,14 @@
 Serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, GET /v1/models,
 /v1/models/{id}, /v1/capabilities, /v1/extensions and /healthz. Validates each body
 once into msgspec Structs (400 naming the field), then publishes the untouched body
-to ``sw.route.<op>`` with the routing headers and its reply inbox; consumes its
-inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes ``sw.catalog.get``
-at start and ``sw.cancel.<worker>`` when a client goes away.
+behind its routing :class:`~libs.common.contracts.Envelope` to ``sw.route.<op>``
+with its reply inbox (trace context in NATS headers when tracing is on); consumes
+its inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes
+``sw.catalog.get`` at start and ``sw.cancel`` (payload: the request's inbox) when a
+client goes away.
+
+On stop it stops listening first and waits for the requests in flight; its reply
+inbox is drained only after they finished (:meth:`Ingress.finish`).
 """
 
 from __future__ import annotations

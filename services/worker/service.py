@@ -1,12 +1,19 @@
 """Worker: executes upstream calls for the providers it serves.
 
 Consumes ``sw.exec.<provider>`` (queue group ``worker.<provider>``, one per
-provider) and ``sw.cancel.<worker id>`` (the ingress abandons a request) and
+provider), ``sw.cancel`` (every worker; the payload is the reply inbox of the
+request the ingress abandons — the worker holding it cancels) and
 ``sw.catalog.get``. Produces frames on each request's reply inbox (ack at once,
 then chunks / result / error), ``sw.exec.<next provider>`` when an attempt fails
-before its first byte, ``sw.events.attempt``, usage records on ``sw.usage.<provider>``
-(JetStream ``SW_USAGE``, msg-id = attempt id), ``sw.workers.heartbeat`` and
+before its first byte, ``sw.events.attempt`` (batched), usage records on
+``sw.usage.<provider>`` (JetStream ``SW_USAGE``, one record a message, ``Nats-Msg-Id``
+= attempt id, see :mod:`.telemetry`), ``sw.workers.heartbeat`` and
 ``sw.catalog.update``.
+
+On stop (SIGTERM) it stops taking ``sw.exec`` messages (those already queued are
+still run), stops heartbeating, keeps sending frames and keep-alives for its
+in-flight streams and honouring cancels until they end (up to
+``limits.idle_timeout_s``), then flushes its usage records with their acks.
 """
 
 from __future__ import annotations
