@@ -170,3 +170,18 @@ async def test_a_cut_stream_reports_the_streamed_tokens_as_estimated(nats_server
 def test_an_old_usage_record_decodes_with_the_new_decoder():
     old = msgspec.json.encode({k: v for k, v in msgspec.to_builtins(record("x")).items() if k != "estimated"})
     assert contracts.usage_decoder.decode(old).estimated is False
+
+
+async def test_stop_flushes_pending_records_with_acks(nats_server_fn):
+    nc = await nats.connect(nats_server_fn.url)
+    try:
+        tel = Telemetry(nc, UsageConfig(), Log())
+        tel.start()
+        for i in range(2500):  # more than one round
+            tel.keep(record(f"s{i}"))
+        await tel.stop()
+        assert not tel.pending
+        info = await nc.jetstream().stream_info(subjects.USAGE_STREAM)
+        assert info.state.messages == 2500
+    finally:
+        await nc.close()
