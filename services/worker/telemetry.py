@@ -9,8 +9,9 @@ created or updated by :func:`libs.common.usage.ensure_usage_stream` before the f
 publish), ``Nats-Msg-Id`` = the attempt id. A record stays pending until JetStream
 acknowledged it; an unacknowledged one is re-sent with the same id, so JetStream
 stores it once whether the first try was lost or only its ack. Each round publishes
-up to ``ROUND`` records pipelined (``publish_async``: no task and no round trip per
-record) and waits for their acks together. While NATS is unreachable the records
+up to ``ROUND`` records pipelined (one socket write, no round trip, future or task
+per record: acks come back on one inbox, matched by subject) and waits for their
+acks together. While NATS is unreachable the records
 stay pending (at most ``usage.max_pending``; beyond that the oldest are dropped and
 the drop is logged) and are re-sent after the reconnect. On stop, what is pending is
 flushed, with acks, for up to ``STOP_FLUSH_S``.
@@ -25,7 +26,8 @@ import time
 from typing import Any
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import NoStreamResponseError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from libs.common import contracts, subjects
 from libs.common.config import UsageConfig
@@ -34,7 +36,7 @@ from libs.common.subjects import H
 from libs.common.usage import ensure_usage_stream
 
 INTERVAL_S = 0.02
-ROUND = 1000  # records in flight at once (nats-py allows 4000 pending async publishes)
+ROUND = 1000  # records in flight at once
 ACK_TIMEOUT_S = 5.0
 RETRY_MAX_S = 5.0
 STOP_FLUSH_S = 5.0
@@ -55,6 +57,10 @@ class Telemetry:
         self.pending: dict[str, UsageRecord] = {}
         self.dropped = 0
         self._stream_ready = False
+        self._ack_sub: Subscription | None = None
+        self._ack_prefix = ""
+        self._unacked: set[str] = set()
+        self._acked = asyncio.Event()
         self._wake = asyncio.Event()
         self._usage_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,7 +118,7 @@ class Telemetry:
                 self._usage_wake.set()
 
     async def flush_usage(self, timeout: float) -> None:
-        """One round: up to ``ROUND`` pending records published pipelined, acks awaited together."""
+        """One round: up to ``ROUND`` pending records published at once, acks awaited together."""
         if not self.pending:
             return
         if not self.nc.is_connected:
@@ -120,35 +126,55 @@ class Telemetry:
         if not self._stream_ready:
             await ensure_usage_stream(self.js, self.cfg)
             self._stream_ready = True
-        batch = list(itertools.islice(self.pending.values(), ROUND))
-        sent: dict[asyncio.Future[Any], str] = {}
-        try:
-            for rec in batch:
-                fut = await self.js.publish_async(
-                    subjects.usage_subject(rec.provider),
-                    contracts.encode(rec),
-                    wait_stall=timeout,
-                    headers={H.MSG_ID: rec.attempt_id},
-                )
-                sent[fut] = rec.attempt_id
-        finally:
-            await self._settle(sent, timeout)
-        if len(sent) < len(batch) or self.pending.keys() & sent.values():
-            raise UsageNotAcked(f"{len(self.pending)} usage records not acknowledged yet")
+        prefix = await self._ack_inbox()
+        batch = list(itertools.islice(self.pending.items(), ROUND))
+        self._unacked = {attempt_id for attempt_id, _ in batch}
+        self._acked.clear()
+        for attempt_id, rec in batch:  # no await yields here: one socket write for the round
+            await self.nc.publish(
+                subjects.usage_subject(rec.provider),
+                contracts.encode(rec),
+                reply=prefix + attempt_id,
+                headers={H.MSG_ID: attempt_id},
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._acked.wait()
+        if self._unacked:
+            raise UsageNotAcked(f"{len(self._unacked)} of {len(batch)} usage records not acknowledged")
 
-    async def _settle(self, sent: dict[asyncio.Future[Any], str], timeout: float) -> None:
-        if not sent:
+    async def _ack_inbox(self) -> str:
+        """This worker's inbox for JetStream acks, ``<inbox>.<attempt id>``.
+
+        Acks are matched by subject, with no future or task per record (nats-py's
+        ``publish_async`` costs several times more per record). Like nats-py's own
+        request inbox, it belongs to the connection, not to the service's subscriptions:
+        it must outlive their drain, for the flush on stop.
+        """
+        if self._ack_sub is None:
+            prefix = self.nc.new_inbox() + "."
+            self._ack_sub = await self.nc.subscribe(prefix + "*", cb=self._on_ack)
+            self._ack_prefix = prefix
+        return self._ack_prefix
+
+    async def _on_ack(self, msg: Msg) -> None:
+        attempt_id = msg.subject[len(self._ack_prefix) :]
+        data = msg.data
+        if not data:  # a status: 503 = no stream listens (a new server): create it again
+            if msg.headers and msg.headers.get(H.STATUS) == "503":
+                self._stream_ready = False
             return
-        _, late = await asyncio.wait(sent, timeout=timeout)
-        for fut in late:
-            fut.cancel()  # frees its slot; the record is re-sent with the same id
-        for fut, attempt_id in sent.items():
-            if fut.cancelled():
-                continue
-            if fut.exception() is None:
-                self.pending.pop(attempt_id, None)
-            elif isinstance(fut.exception(), NoStreamResponseError):
-                self._stream_ready = False  # the stream is gone (a new server): create it again
+        if b'"error"' in data:  # not stored: the record stays pending and goes again
+            self.log.warning(
+                "usage_publish_rejected", attempt_id=attempt_id, error=data[:200].decode(errors="replace")
+            )
+            return
+        self.pending.pop(attempt_id, None)  # stored (or a duplicate of a stored one)
+        unacked = self._unacked
+        if attempt_id in unacked:
+            unacked.discard(attempt_id)
+            if not unacked:
+                self._acked.set()
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -167,3 +193,6 @@ class Telemetry:
                 await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
         if self.pending:
             self.log.error("usage_records_unsent", count=len(self.pending))
+        if self._ack_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._ack_sub.unsubscribe()
