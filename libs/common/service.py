@@ -124,11 +124,17 @@ class Service:
         return sub
 
     async def stop(self) -> None:
-        await self._drain(intake=True)
-        self.log.info("draining", in_flight=len(self.tasks))
-        await self.finish()
-        await self._drain(intake=False)
-        await self.close()
+        try:
+            await self._drain(intake=True)
+            self.log.info("draining", in_flight=self.in_flight())
+            await self.finish()
+            await self._drain(intake=False)
+        finally:
+            await self.close()
+
+    def in_flight(self) -> int:
+        """Requests this service is working on (for the drain log)."""
+        return len(self.tasks)
 
     async def finish(self) -> None:
         """Let the work in flight end (up to ``drain_timeout_s``)."""

@@ -105,6 +105,9 @@ class Ingress(Service):
                 "open_gateway", host=host, hint="no keys configured: anyone who reaches this port can use it"
             )
 
+    def in_flight(self) -> int:
+        return 0 if self.bus is None else len(self.bus.calls)
+
     async def finish(self) -> None:
         """Stop listening first, then wait for the in-flight requests (up to the drain
         timeout): their reply inbox is drained only after this."""
