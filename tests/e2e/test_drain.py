@@ -16,11 +16,14 @@ import json
 from dataclasses import dataclass, field
 
 import aiohttp
+import nats
 import pytest
 
+from libs.common import contracts, subjects
 from tests.gateway import (
     Proc,
     config_dict,
+    eventually,
     openai_provider,
     switchman_cmd,
     wait_http,
@@ -124,6 +127,21 @@ def in_flight_at_stop(proc: Proc) -> int:
     raise AssertionError(f"no draining line:\n{proc.output()[-2000:]}")
 
 
+async def busy(cluster: Cluster, label: str) -> None:
+    """Until the worker process ``label`` reports streams in flight in its heartbeat."""
+    pid = f"-{cluster.procs[label].pid}-"
+    nc = await nats.connect(cluster.env["NATS_URL"])
+    try:
+        sub = await nc.subscribe(subjects.WORKER_HEARTBEAT)
+        async with asyncio.timeout(10):
+            while True:
+                hb = contracts.heartbeat_decoder.decode((await sub.next_msg(timeout=5)).data)
+                if pid in hb.worker and hb.in_flight >= 2:
+                    return
+    finally:
+        await nc.close()
+
+
 async def terminate(proc: Proc) -> int:
     return await asyncio.to_thread(proc.terminate, 20)
 
@@ -139,11 +157,10 @@ async def test_sigterm_under_load_loses_no_accepted_request(cluster, upstream):
     state.chunk_delay_s = CHUNK_DELAY_S
 
     load = Load(cluster.url)
-    clients = [asyncio.create_task(load.client(stream=i % 3 != 2)) for i in range(6)]
+    clients = [asyncio.create_task(load.client(stream=i % 4 != 3)) for i in range(8)]
     try:
         # A worker while streams are in flight, the other worker alive.
-        await asyncio.sleep(1.5)
-        assert state.in_flight >= 3, state.in_flight
+        await busy(cluster, "worker-a")
         assert await terminate(cluster.procs["worker-a"]) == 0, cluster.logs()
         # A router, the other router alive.
         await asyncio.sleep(1.0)
@@ -160,11 +177,10 @@ async def test_sigterm_under_load_loses_no_accepted_request(cluster, upstream):
     # The ingress itself, with streaming and non-stream requests in flight.
     ingress = Load(cluster.url)
     ingress.stopping = True  # exactly one request per client
-    state.delay_first_byte_s = 1.0  # non-stream answers take as long as streams
+    state.delay_first_byte_s = 2.0  # every request is still in flight when the SIGTERM comes
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         batch = [asyncio.create_task(ingress.one(session, stream=i % 2 == 0)) for i in range(8)]
-        await asyncio.sleep(0.5)
-        assert state.in_flight == 8, state.in_flight
+        await eventually(lambda: state.in_flight == 8, 1.5, "8 requests at the upstream")
         sigterm = asyncio.create_task(terminate(cluster.procs["ingress"]))
         results = await asyncio.gather(*batch, return_exceptions=True)
         assert await sigterm == 0, cluster.logs()
