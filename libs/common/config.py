@@ -157,6 +157,21 @@ class TracingConfig(_Base):
     exporter: str = "console"
 
 
+class UsageConfig(_Base):
+    """The JetStream stream ``SW_USAGE`` that keeps usage records until the ledger has them.
+
+    Limits keep an embedded install from growing without bound: records older than
+    ``max_age_s`` or beyond ``max_bytes`` are discarded, oldest first. A retried
+    publish within ``duplicate_window_s`` (same attempt id) is stored once.
+    ``max_pending`` bounds the records a worker holds while NATS is unreachable.
+    """
+
+    max_age_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 24 * 3600.0
+    max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1024**3
+    duplicate_window_s: Annotated[float, msgspec.Meta(gt=0)] = 24 * 3600.0
+    max_pending: Annotated[int, msgspec.Meta(gt=0)] = 100_000
+
+
 class Config(_Base):
     listen: str = "127.0.0.1:8080"
     nats_url: str | None = None
@@ -175,6 +190,7 @@ class Config(_Base):
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     # Serve without client keys on an address beyond loopback (see open_gateway_error).
     allow_open_gateway: bool = False
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -100,7 +100,12 @@ class AttemptEvent(_Msg, frozen=True):
 
 
 class UsageRecord(_Msg, frozen=True):
-    """One billed upstream call; workers publish them in batches to JetStream SW_USAGE."""
+    """One billed upstream call: one JetStream ``SW_USAGE`` message on
+    ``sw.usage.<provider>``, ``Nats-Msg-Id`` = ``attempt_id``.
+
+    ``estimated``: some count was estimated by the gateway (the provider sent no usage,
+    or the attempt ended after its first byte without one), not reported by the provider.
+    """
 
     request_id: str
     attempt_id: str
@@ -115,6 +120,7 @@ class UsageRecord(_Msg, frozen=True):
     cost_usd: float = 0.0
     status: int = 200
     ts: float = 0.0
+    estimated: bool = False
 
 
 class Heartbeat(_Msg, frozen=True):
@@ -166,9 +172,9 @@ encode = msgspec.json.Encoder().encode
 envelope_decoder = msgspec.json.Decoder(Envelope)
 ack_decoder = msgspec.json.Decoder(Ack)
 error_decoder = msgspec.json.Decoder(ErrorFrame)
-# Attempt events and usage records travel in batches (one message per worker flush).
+# Attempt events travel in batches (one message per worker flush); usage records one a message.
 attempt_batch_decoder = msgspec.json.Decoder(list[AttemptEvent])
-usage_batch_decoder = msgspec.json.Decoder(list[UsageRecord])
+usage_decoder = msgspec.json.Decoder(UsageRecord)
 heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
 catalog_decoder = msgspec.json.Decoder(Catalog)
 

@@ -2,8 +2,9 @@
 
 Every service is a :class:`Service`; :func:`run` owns the NATS connection, starts the
 services in order, waits for SIGTERM/SIGINT (or a stop event), then stops them in
-reverse order — each stops taking new work, finishes (or terminates) what it has in
-flight — and finally drains the connection.
+reverse order through the one drain-based :meth:`Service.stop` — each stops taking
+new work, processes what was queued, finishes (or terminates) what it has in flight
+— and finally drains the connection.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from . import log, tracing
 from .config import Config, ConfigError, load
@@ -73,19 +76,80 @@ class Tasks:
 
 
 class Service:
-    """Base of the five services. Subclasses subscribe in ``start`` and clean up in ``stop``."""
+    """Base of the five services: one way to subscribe, one drain-based stop.
+
+    Subclasses subscribe in ``start`` through :meth:`subscribe` only, hand long work to
+    ``self.tasks``, and release their own resources in :meth:`close`. :meth:`stop` is
+    the same for every service, in this order (as nats.py's ``drain()``):
+
+    1. the *intake* subscriptions (those that bring new work: ``sw.route.*``,
+       ``sw.exec.*``) are drained — no new message is taken, the queued ones are
+       processed, not dropped; queue-group peers get the rest;
+    2. :meth:`finish`: the work in flight ends (``self.tasks`` drained; the ingress
+       stops listening and waits for its HTTP requests here);
+    3. every other subscription is drained (cancels, reply inboxes, state), so what
+       the in-flight work needed lived until it was done;
+    4. :meth:`close`: the service's own resources (sessions, loops, flushes).
+
+    In-flight work gets ``drain_timeout_s`` (the config's ``limits.idle_timeout_s``)
+    to end before it is cancelled — each request still ends with its one terminal frame.
+    """
 
     name = "service"
 
-    def __init__(self) -> None:
+    def __init__(self, drain_timeout_s: float = 30.0, max_in_flight: int = 1024) -> None:
         self.nc: NATS | None = None
         self.log = log.get(self.name)
+        self.tasks = Tasks(max_in_flight)
+        self.drain_timeout_s = drain_timeout_s
+        self._subs: list[tuple[Subscription, bool]] = []
 
     async def start(self, nc: NATS) -> None:
         self.nc = nc
 
+    async def subscribe(
+        self,
+        subject: str,
+        cb: Callable[[Msg], Awaitable[None]],
+        *,
+        queue: str = "",
+        intake: bool = False,
+        **limits: Any,
+    ) -> Subscription:
+        """Subscribe ``cb`` to ``subject`` (``limits``: nats-py's pending limits) and record
+        it for :meth:`stop`; ``intake`` marks a subscription that brings new work."""
+        assert self.nc is not None
+        sub = await self.nc.subscribe(subject, queue=queue, cb=cb, **limits)
+        self._subs.append((sub, intake))
+        return sub
+
     async def stop(self) -> None:
-        """Stop taking work and finish what is in flight (subscriptions are drained here)."""
+        try:
+            await self._drain(intake=True)
+            self.log.info("draining", in_flight=self.in_flight())
+            await self.finish()
+            await self._drain(intake=False)
+        finally:
+            await self.close()
+
+    def in_flight(self) -> int:
+        """Requests this service is working on (for the drain log)."""
+        return len(self.tasks)
+
+    async def finish(self) -> None:
+        """Let the work in flight end (up to ``drain_timeout_s``)."""
+        await self.tasks.drain(timeout=self.drain_timeout_s)
+
+    async def close(self) -> None:
+        """Release the service's own resources (after every subscription is drained)."""
+
+    async def _drain(self, *, intake: bool) -> None:
+        subs = [s for s, i in self._subs if i is intake]
+        self._subs = [(s, i) for s, i in self._subs if i is not intake]
+        results = await asyncio.gather(*(s.drain() for s in subs), return_exceptions=True)
+        for sub, res in zip(subs, results, strict=True):
+            if isinstance(res, Exception):  # a closed connection: nothing more can arrive anyway
+                self.log.warning("drain_failed", subject=sub.subject, error=repr(res))
 
 
 def process_id() -> str:

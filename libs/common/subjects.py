@@ -57,9 +57,9 @@ def inbox_wildcard(process_id: str) -> str:
     return INBOX_PREFIX + process_id + ".*"
 
 
-def usage_subject(source: str) -> str:
-    """Where a worker publishes its batches of usage records (``source`` = worker id)."""
-    return USAGE_PREFIX + source
+def usage_subject(provider_id: str) -> str:
+    """Where a worker publishes the usage records of a provider's attempts (one a message)."""
+    return USAGE_PREFIX + provider_id
 
 
 def valid_token(token: str) -> bool:

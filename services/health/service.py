@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -27,20 +26,15 @@ class Health(Service):
     def __init__(self, cfg: Config | None = None) -> None:
         super().__init__()
         self.attempts: Counter[tuple[str, int]] = Counter()
-        self.sub: Any = None
 
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
         with contextlib.suppress(JSError, TimeoutError):
             await nc.jetstream().create_key_value(bucket=subjects.KV_HEALTH, history=1)
-        self.sub = await nc.subscribe(
-            subjects.ATTEMPT_EVENTS, queue=subjects.HEALTH_QUEUE, cb=self.on_attempt
+        await self.subscribe(
+            subjects.ATTEMPT_EVENTS, self.on_attempt, queue=subjects.HEALTH_QUEUE, intake=True
         )
 
     async def on_attempt(self, msg: Msg) -> None:
         for ev in contracts.attempt_batch_decoder.decode(msg.data):
             self.attempts[(ev.provider, ev.status)] += 1
-
-    async def stop(self) -> None:
-        if self.sub is not None:
-            await self.sub.drain()

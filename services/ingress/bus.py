@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -18,6 +19,9 @@ from nats.aio.msg import Msg
 
 from libs.common import subjects
 from libs.common.subjects import H
+
+# The service's one way to subscribe (:meth:`libs.common.service.Service.subscribe`).
+Subscribe = Callable[..., Awaitable[Any]]
 
 # A NATS status message (no responders) arrives as this pseudo-frame.
 NO_RESPONDERS = b"\x00"
@@ -74,20 +78,17 @@ class Bus:
         self.calls: dict[str, Call] = {}
         self._ids = itertools.count(1)
         self.loop = asyncio.get_running_loop()
-        self.sub: Any = None
         self.process = process
 
-    async def start(self) -> None:
-        self.sub = await self.nc.subscribe(
+    async def start(self, subscribe: Subscribe) -> None:
+        """Subscribe the reply inbox through the service's ``subscribe``: the service
+        drains it on stop, after its in-flight requests are finished."""
+        await subscribe(
             subjects.inbox_wildcard(self.process),
-            cb=self._on_frame,
+            self._on_frame,
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=512 * 1024 * 1024,
         )
-
-    async def stop(self) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
 
     async def _on_frame(self, msg: Msg) -> None:
         call = self.calls.get(msg.subject[self._prefix_len :])

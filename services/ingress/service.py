@@ -3,10 +3,15 @@
 Serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, GET /v1/models,
 /v1/models/{id}, /v1/capabilities, /v1/extensions and /healthz. Validates each body
 once into msgspec Structs (400 naming the field), then publishes the untouched body
-to ``sw.route.<op>`` with the routing headers and its reply inbox; consumes its
-inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes ``sw.catalog.get``
-at start and ``sw.cancel.<worker>`` when a client goes away. Logs one ``request`` line
-per request once its response has finished (:mod:`services.ingress.access`).
+behind its routing :class:`~libs.common.contracts.Envelope` to ``sw.route.<op>``
+with its reply inbox (trace context in NATS headers when tracing is on); consumes
+its inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes
+``sw.catalog.get`` at start and ``sw.cancel`` (payload: the request's inbox) when a
+client goes away. Logs one ``request`` line per request once its response has
+finished (:mod:`services.ingress.access`).
+
+On stop it stops listening first and waits for the requests in flight; its reply
+inbox is drained only after they finished (:meth:`Ingress.finish`).
 """
 
 from __future__ import annotations
@@ -84,14 +89,13 @@ class Ingress(Service):
     name = "ingress"
 
     def __init__(self, cfg: Config) -> None:
-        super().__init__()
+        super().__init__(cfg.limits.idle_timeout_s)
         self.cfg = cfg
         self.keys: dict[str, KeyConfig] = {k.key: k for k in cfg.keys}
         self.view = ModelView(cfg)
         self.bus: Bus | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.subs: list[Any] = []
         self.body_limit = cfg.limits.max_body_bytes  # capped by the bus's max_payload at start
         self.access_log: bool | None = None  # known once logging is set up (first request)
         lim = cfg.limits
@@ -105,8 +109,8 @@ class Ingress(Service):
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
         self.bus = Bus(nc, process_id())
-        await self.bus.start()
-        self.subs.append(await nc.subscribe(subjects.CATALOG_UPDATE, cb=self.on_catalog))
+        await self.bus.start(self.subscribe)
+        await self.subscribe(subjects.CATALOG_UPDATE, self.on_catalog)
         await nc.publish(subjects.CATALOG_REQUEST, b"")
         # A body must fit in one bus message with its routing envelope: beyond, 413, never 500.
         self.body_limit = min(self.cfg.limits.max_body_bytes, nc.max_payload - contracts.ENVELOPE_ROOM)
@@ -117,7 +121,9 @@ class Ingress(Service):
                 nats_max_payload=nc.max_payload,
                 body_limit=self.body_limit,
             )
-        self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        self.runner = web.AppRunner(
+            self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=self.drain_timeout_s
+        )
         await self.runner.setup()
         httpserver.install(self.runner, self.cfg.limits.header_timeout_s)
         host, port = self.cfg.host_port
@@ -132,15 +138,14 @@ class Ingress(Service):
                 "open_gateway", host=host, hint="no keys configured: anyone who reaches this port can use it"
             )
 
-    async def stop(self) -> None:
+    def in_flight(self) -> int:
+        return 0 if self.bus is None else len(self.bus.calls)
+
+    async def finish(self) -> None:
+        """Stop listening first, then wait for the in-flight requests (up to the drain
+        timeout): their reply inbox is drained only after this."""
         if self.runner is not None:
-            # Stops accepting, waits for in-flight requests (they need the bus), then closes.
             await self.runner.cleanup()
-        if self.bus is not None:
-            await self.bus.stop()
-        for s in self.subs:
-            with contextlib.suppress(Exception):
-                await s.unsubscribe()
 
     async def on_catalog(self, msg: Msg) -> None:
         self.view.add(contracts.catalog_decoder.decode(msg.data))

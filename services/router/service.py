@@ -33,7 +33,7 @@ class Router(Service):
     name = "router"
 
     def __init__(self, cfg: Config) -> None:
-        super().__init__()
+        super().__init__(cfg.limits.idle_timeout_s)
         self.cfg = cfg
         provs = registry.providers(cfg, environ())
         self.configured = {r.name for r in cfg.models}
@@ -42,25 +42,17 @@ class Router(Service):
             for m, price in p.price.items():
                 self.state.prices[(p.id, m)] = price
         self.rng = random.Random()
-        self.subs: list = []
 
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
-        self.subs = [
-            await nc.subscribe(subjects.WORKER_HEARTBEAT, cb=self.on_heartbeat),
-            await nc.subscribe(subjects.CATALOG_UPDATE, cb=self.on_catalog),
-        ]
+        await self.subscribe(subjects.WORKER_HEARTBEAT, self.on_heartbeat)
+        await self.subscribe(subjects.CATALOG_UPDATE, self.on_catalog)
         # Learn which workers are up before taking requests (they answer within ms).
         await nc.publish(subjects.CATALOG_REQUEST, b"")
         await nc.flush()
         await asyncio.sleep(STARTUP_LISTEN_S)
-        self.subs.append(
-            await nc.subscribe(subjects.ROUTE_ALL, queue=subjects.ROUTER_QUEUE, cb=self.on_request)
-        )
-
-    async def stop(self) -> None:
-        for s in self.subs:
-            await s.drain()
+        # Drained first on stop: the queued requests are routed, the group's peers get the rest.
+        await self.subscribe(subjects.ROUTE_ALL, self.on_request, queue=subjects.ROUTER_QUEUE, intake=True)
 
     async def on_heartbeat(self, msg: Msg) -> None:
         hb = contracts.heartbeat_decoder.decode(msg.data)

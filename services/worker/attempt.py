@@ -21,8 +21,10 @@ from libs.common import contracts, log, subjects, tracing
 from libs.common.contracts import AttemptEvent, Candidate, Done, Envelope, Moved, UsageRecord
 from libs.common.errors import GatewayTimeout, InternalError, InvalidRequest, SwitchmanError, UpstreamError
 
+from . import tokens
 from .chunks import Usage
 from .params import fit
+from .tokens import Streamed
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -35,7 +37,7 @@ _decode_body = msgspec.json.Decoder(dict).decode
 class InboxSink:
     """Frames to the client's reply inbox; remembers when the first byte went out."""
 
-    __slots__ = ("nc", "reply", "started", "first_at", "last_at")
+    __slots__ = ("nc", "reply", "started", "first_at", "last_at", "streamed")
 
     def __init__(self, nc: NATS, reply: str) -> None:
         self.nc = nc
@@ -43,6 +45,8 @@ class InboxSink:
         self.started = False
         self.first_at = 0.0
         self.last_at = time.monotonic()
+        # What went to the client, for an estimate when the provider's count is missing.
+        self.streamed = Streamed()
 
     def _mark(self) -> None:
         now = time.monotonic()
@@ -54,10 +58,12 @@ class InboxSink:
     async def chunk(self, *pieces: bytes) -> None:
         """One ``C`` frame for all ``pieces`` (newline-separated: chunks are one-line JSON)."""
         self._mark()
+        self.streamed.add(pieces)
         await self.nc.publish(self.reply, b"C" + (pieces[0] if len(pieces) == 1 else b"\n".join(pieces)))
 
     async def result(self, body: bytes) -> None:
         self._mark()
+        self.streamed.add((body,))
         await self.nc.publish(self.reply, b"R" + body)
 
     async def frame(self, data: bytes) -> None:
@@ -83,52 +89,57 @@ async def execute(
     started = time.monotonic()
     usage: Usage | None = None
     error: SwitchmanError | None = None
+    req: dict[str, Any] | None = None
     cand = target(env)
     # This task's own context: every log line of the attempt carries these.
     log.bind(request_id=env.request_id, provider=cand.provider, attempt=env.attempt)
-    try:
-        with tracing.span(
-            "worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model
-        ):
-            usage = await _run(binding, env, body, sink)
-        if env.stream:
-            u = usage or Usage()
-            await sink.frame(
-                contracts.done_frame(
-                    Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
-                )
+    # The whole attempt, hand-over included, is one span: the next candidate's attempt
+    # continues this request's trace as its child.
+    with tracing.span("worker.attempt", tracing.CONSUMER, trace, provider=cand.provider, model=cand.model):
+        try:
+            req = _request(binding, body)
+            usage = settled(await _run(binding, env, req, sink), req, sink)
+            if env.stream:
+                u = usage or Usage()
+                done = Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+                await sink.frame(contracts.done_frame(done))
+        except SwitchmanError as e:
+            error = e
+        except asyncio.CancelledError:
+            # Client gone or shutting down: the one terminal frame still goes out, and the
+            # request is not handed on (nobody may be waiting for it).
+            error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
+            await sink.frame(contracts.error_frame(error.frame()))
+            _report(binding, env, attempt_id, started, sink, settled(usage, req, sink), error)
+            raise
+        except Exception as e:  # a bug: never a hang, never a silent end
+            binding.log.exception("attempt_crashed")
+            error = InternalError(f"internal error in the worker: {type(e).__name__}")
+        if error is not None:
+            error.provider = error.provider or cand.provider
+            binding.log.warning(
+                "attempt_failed",
+                model=cand.model,
+                status=error.status,
+                error=error.message,
+                after_first_byte=sink.started,
             )
-    except SwitchmanError as e:
-        error = e
-    except asyncio.CancelledError:
-        # Client gone or shutting down: the one terminal frame still goes out, and the
-        # request is not handed on (nobody may be waiting for it).
-        error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
-        await sink.frame(contracts.error_frame(error.frame()))
-        _report(binding, env, attempt_id, started, sink, usage, error)
-        raise
-    except Exception as e:  # a bug: never a hang, never a silent end
-        binding.log.exception("attempt_crashed")
-        error = InternalError(f"internal error in the worker: {type(e).__name__}")
-    if error is not None:
-        error.provider = error.provider or cand.provider
-        binding.log.warning(
-            "attempt_failed",
-            model=cand.model,
-            status=error.status,
-            error=error.message,
-            after_first_byte=sink.started,
-        )
-        await fail(nc, sink, env, data, error)
+            await fail(nc, sink, env, data, error, trace)
+            usage = settled(usage, req, sink)
     _report(binding, env, attempt_id, started, sink, usage, error)
 
 
-async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSink) -> Usage | None:
+def _request(binding: Binding, body: memoryview) -> dict[str, Any]:
+    """The client's body, decoded once and fitted to the provider's profile."""
     try:
         req: dict[str, Any] = _decode_body(body)
     except (msgspec.DecodeError, RecursionError):
         raise InvalidRequest("the request body is not a JSON object") from None
     fit(req, binding.profile, binding.provider.id, binding.provider.drop_params)
+    return req
+
+
+async def _run(binding: Binding, env: Envelope, req: dict[str, Any], sink: InboxSink) -> Usage | None:
     coro = binding.protocol.run(binding.upstream, sink, env.op, req, target(env).model, env.stream)
     remaining = env.deadline_ms / 1000 - time.time()
     try:
@@ -138,8 +149,36 @@ async def _run(binding: Binding, env: Envelope, body: memoryview, sink: InboxSin
         raise GatewayTimeout("the request deadline passed before the provider finished") from None
 
 
-async def fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: SwitchmanError) -> None:
-    """End the attempt: hand the request to the next candidate when it may, else an E frame."""
+def settled(usage: Usage | None, req: dict[str, Any] | None, sink: InboxSink) -> Usage | None:
+    """The attempt's usage: the provider's, else estimated from what reached the client.
+
+    An attempt that sent its first byte used tokens even when it ended without the
+    provider's count (cut stream, client gone, deadline, a provider that reports
+    none): the completion is estimated from the text streamed, the prompt from the
+    request, and the usage is flagged ``estimated``. Nothing sent: nothing counted.
+    """
+    if usage is None or not (usage.prompt_tokens or usage.completion_tokens):
+        if not sink.started:
+            return usage
+        usage = Usage(completion_tokens=sink.streamed.tokens(), estimated=True)
+    if usage.estimated and not usage.prompt_tokens and req is not None:
+        usage.prompt_tokens = tokens.prompt(req)
+    return usage
+
+
+async def fail(
+    nc: NATS,
+    sink: InboxSink,
+    env: Envelope,
+    data: bytes,
+    error: SwitchmanError,
+    trace: dict[str, str] | None = None,
+) -> None:
+    """End the attempt: hand the request to the next candidate when it may, else an E frame.
+
+    The hand-over carries the current span's context (the failed attempt), else the
+    incoming ``trace`` headers, so every attempt of a request is in the request's trace.
+    """
     past_deadline = time.time() * 1000 >= env.deadline_ms
     if not sink.started and error.retryable and env.attempt < len(env.plan) and not past_deadline:
         failed, nxt = target(env), env.plan[env.attempt]
@@ -159,7 +198,7 @@ async def fail(nc: NATS, sink: InboxSink, env: Envelope, data: bytes, error: Swi
             subjects.exec_subject(nxt.provider),
             contracts.repack(data, moved),
             reply=sink.reply,
-            headers=tracing.carrier(),
+            headers=tracing.carrier() or trace,
         )
         return
     await sink.frame(contracts.error_frame(error.frame()))
@@ -174,7 +213,8 @@ def _report(
     usage: Usage | None,
     error: SwitchmanError | None,
 ) -> None:
-    """Attempt event for health, usage record for the ledger (batched, after the terminal frame)."""
+    """Attempt event for health, usage record for the ledger (sent by the telemetry loop,
+    after the terminal frame, off the request path)."""
     now = time.monotonic()
     cand = target(env)
     u = usage or Usage()
@@ -209,5 +249,6 @@ def _report(
             cost_usd=binding.cost(cand.model, u),
             status=event.status,
             ts=event.ts,
+            estimated=u.estimated,
         )
     binding.telemetry.record(event, record)

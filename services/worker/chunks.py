@@ -21,13 +21,18 @@ encode = _enc.encode
 
 
 class Usage(msgspec.Struct, kw_only=True):
-    """Token usage of one upstream call, in OpenAI's terms."""
+    """Token usage of one upstream call, in OpenAI's terms.
+
+    ``estimated``: some count was estimated (:mod:`services.worker.tokens`), not
+    reported by the provider.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:

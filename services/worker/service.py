@@ -1,12 +1,19 @@
 """Worker: executes upstream calls for the providers it serves.
 
 Consumes ``sw.exec.<provider>`` (queue group ``worker.<provider>``, one per
-provider) and ``sw.cancel.<worker id>`` (the ingress abandons a request) and
+provider), ``sw.cancel`` (every worker; the payload is the reply inbox of the
+request the ingress abandons — the worker holding it cancels) and
 ``sw.catalog.get``. Produces frames on each request's reply inbox (ack at once,
 then chunks / result / error), ``sw.exec.<next provider>`` when an attempt fails
-before its first byte, ``sw.events.attempt``, usage records on ``sw.usage.<provider>``
-(JetStream ``SW_USAGE``, msg-id = attempt id), ``sw.workers.heartbeat`` and
+before its first byte, ``sw.events.attempt`` (batched), usage records on
+``sw.usage.<provider>`` (JetStream ``SW_USAGE``, one record a message, ``Nats-Msg-Id``
+= attempt id, see :mod:`.telemetry`), ``sw.workers.heartbeat`` and
 ``sw.catalog.update``.
+
+On stop (SIGTERM) it stops taking ``sw.exec`` messages (those already queued are
+still run), stops heartbeating, keeps sending frames and keep-alives for its
+in-flight streams and honouring cancels until they end (up to
+``limits.idle_timeout_s``), then flushes its usage records with their acks.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from libs.common.config import Config, ProviderConfig, environ
 from libs.common.contracts import Ack, Catalog, Envelope, Extension, Heartbeat, ModelInfo
 from libs.common.errors import Overloaded
 from libs.common.profiles import profile_for
-from libs.common.service import Service, Tasks, process_id
+from libs.common.service import Service, process_id
 
 from . import catalog, discovery
 from .adapters import protocol_class
@@ -40,21 +47,20 @@ class Worker(Service):
     name = "worker"
 
     def __init__(self, cfg: Config, providers: list[str] | None = None) -> None:
-        super().__init__()
+        super().__init__(cfg.limits.idle_timeout_s, cfg.limits.max_in_flight)
         self.cfg = cfg
         self.id = process_id()
         wanted = set(providers) if providers else None
         self.configured = [p for p in registry.providers(cfg, environ()) if wanted is None or p.id in wanted]
         self.bindings: dict[str, Binding] = {}
-        self.tasks = Tasks(cfg.limits.max_in_flight)
         self.active: dict[str, tuple[asyncio.Task[Any], InboxSink]] = {}
-        self.subs: list[Any] = []
-        self.loops: list[asyncio.Task[Any]] = []
+        self.heartbeats: asyncio.Task[Any] | None = None
+        self.keepalives: asyncio.Task[Any] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
         await super().start(nc)
-        self.telemetry = Telemetry(nc, self.id, self.log)
+        self.telemetry = Telemetry(nc, self.cfg.usage, self.log)
         self.telemetry.start()
         for p in self.configured:
             self.bind(p)
@@ -64,16 +70,15 @@ class Worker(Service):
                 self.bind(p)
         await discovery.models(self.bindings.values(), self.log)
         for pid in self.bindings:
-            self.subs.append(
-                await nc.subscribe(
-                    subjects.exec_subject(pid), queue=subjects.worker_queue(pid), cb=self.on_exec
-                )
-            )
-        self.subs.append(await nc.subscribe(subjects.CANCEL, cb=self.on_cancel))
-        self.subs.append(await nc.subscribe(subjects.CATALOG_REQUEST, cb=self.on_catalog_request))
+            queue = subjects.worker_queue(pid)
+            await self.subscribe(subjects.exec_subject(pid), self.on_exec, queue=queue, intake=True)
+        # A worker that stops taking work stops advertising itself too.
+        await self.subscribe(subjects.CATALOG_REQUEST, self.on_catalog_request, intake=True)
+        # Cancels must reach the in-flight streams until they are done.
+        await self.subscribe(subjects.CANCEL, self.on_cancel)
         await self.announce()
-        self.loops.append(asyncio.create_task(self._heartbeat_loop()))
-        self.loops.append(asyncio.create_task(self._keepalive_loop()))
+        self.heartbeats = asyncio.create_task(self._heartbeat_loop())
+        self.keepalives = asyncio.create_task(self._keepalive_loop())
 
     def bind(self, p: ProviderConfig) -> None:
         if not subjects.valid_token(p.id):
@@ -92,14 +97,17 @@ class Worker(Service):
             models=list(p.models),
         )
 
-    async def stop(self) -> None:
-        for s in self.subs:
-            with contextlib.suppress(Exception):
-                await s.unsubscribe()
-        await self.tasks.drain(timeout=self.cfg.limits.idle_timeout_s)
-        for t in self.loops:
-            t.cancel()
-        await self.telemetry.stop()
+    async def finish(self) -> None:
+        """No more heartbeats (routers stop counting on this worker); in-flight streams
+        keep their keep-alives and frames until they end."""
+        if self.heartbeats is not None:
+            self.heartbeats.cancel()
+        await super().finish()
+
+    async def close(self) -> None:
+        if self.keepalives is not None:
+            self.keepalives.cancel()
+        await self.telemetry.stop()  # usage records flushed, with their acks
         for b in self.bindings.values():
             await b.session.close()
 
@@ -129,7 +137,7 @@ class Worker(Service):
         sink = InboxSink(nc, reply)
         if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
             err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
-            await fail(nc, sink, env, msg.data, err)  # the next candidate may have room
+            await fail(nc, sink, env, msg.data, err, msg.headers)  # the next candidate may have room
 
     async def _execute(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,6 +22,7 @@ from libs.common.errors import (
 )
 from libs.common.profiles import PRESETS
 from services.worker.adapters.anthropic import JSON_OBJECT_INSTRUCTION, AnthropicProtocol
+from tests import schema
 from tests.emulators import anthropic as emulator
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
@@ -895,13 +895,10 @@ def test_models_request_and_response() -> None:
         proto().models_response(b"nope")
 
 
-# -- OpenAI schema conformance (tests/schema.py, when present) ------------------------------
+# -- OpenAI schema conformance (tests/schema.py) ------------------------------
 
 
 def test_outputs_validate_against_openai_schemas() -> None:
-    if not (Path(__file__).resolve().parents[1] / "schema.py").exists():
-        pytest.skip("tests/schema.py is not there yet")
-    schema = pytest.importorskip("tests.schema")
     blocks = [
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},

@@ -20,19 +20,12 @@ from libs.common.errors import (
 )
 from libs.common.profiles import PRESETS
 from services.worker.adapters.cohere import CohereProtocol
-
-try:  # written by another engineer
-    from tests.schema import validate as _validate
-    from tests.schema import validate_sse_chunks as _validate_stream
-except ImportError:
-    _validate = _validate_stream = None
-
-needs_schema = pytest.mark.skipif(_validate is None, reason="tests/schema.py is not there yet")
+from tests.schema import validate as _validate
+from tests.schema import validate_sse_chunks as _validate_stream
 
 
 def check(name: str, obj: object) -> None:
-    if _validate is not None:
-        _validate(name, obj)
+    _validate(name, obj)
 
 
 def proto(**kw: object) -> CohereProtocol:
@@ -343,8 +336,7 @@ def run_stream(events: list[tuple[str, bytes]], include_usage: bool = False) -> 
         out += tr.feed(name, data)
     out += tr.close()
     got = chunks(out)
-    if _validate_stream is not None:
-        _validate_stream(got)
+    _validate_stream(got)
     return got, tr
 
 
@@ -568,7 +560,6 @@ def test_models():
 # -- schema (skipped until tests/schema.py exists) ---------------------------------------
 
 
-@needs_schema
 def test_outputs_match_the_openai_schema():
     parse(response())
     run_stream(text_events(), include_usage=True)

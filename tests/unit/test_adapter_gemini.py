@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import re
 import struct
@@ -25,6 +24,7 @@ from libs.common.profiles import PRESETS
 from services.worker.adapters.gemini import GeminiProtocol
 from services.worker.adapters.gemini_stream import split_tool_call_id
 from services.worker.upstream import Upstream, new_session
+from tests import schema
 
 BASE = "https://generativelanguage.googleapis.com/v1beta"
 
@@ -48,18 +48,8 @@ def chat(*messages: dict[str, Any], **kw: Any) -> dict[str, Any]:
 USER = {"role": "user", "content": "hi"}
 
 
-def _schema() -> Any:
-    try:
-        return importlib.import_module("tests.schema")
-    except ImportError:
-        return None
-
-
 @pytest.fixture
 def validate() -> Any:
-    schema = _schema()
-    if schema is None:
-        pytest.skip("tests/schema.py is not available yet")
     return schema.validate
 
 
@@ -787,12 +777,13 @@ def test_embeddings_float_and_usage_estimate() -> None:
     assert [d["embedding"] for d in doc["data"]] == [[0.5, -0.25, 1.0], [0.0, 0.125, -1.5]]
     assert [d["index"] for d in doc["data"]] == [0, 1]
     assert doc["usage"] == {"prompt_tokens": 6, "total_tokens": 6} and out.usage.prompt_tokens == 6
+    assert out.usage.estimated
 
 
 def test_embeddings_usage_metadata_when_present() -> None:
     body = json.dumps({**VECS, "usageMetadata": {"promptTokenCount": 9}}).encode()
     out = proto().embeddings_response(body, "e", {"model": "e", "input": ["a", "b"]})
-    assert out.usage.prompt_tokens == 9
+    assert out.usage.prompt_tokens == 9 and not out.usage.estimated
 
 
 def test_embeddings_base64() -> None:

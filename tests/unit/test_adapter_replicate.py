@@ -29,14 +29,9 @@ from services.worker.adapters.replicate import (
     build_prompt,
     parse_prediction,
 )
+from tests.schema import validate as _validate
+from tests.schema import validate_sse_chunks as _validate_stream
 
-try:  # written by another engineer
-    from tests.schema import validate as _validate
-    from tests.schema import validate_sse_chunks as _validate_stream
-except ImportError:
-    _validate = _validate_stream = None
-
-needs_schema = pytest.mark.skipif(_validate is None, reason="tests/schema.py is not there yet")
 MODEL = "meta/meta-llama-3-8b-instruct"
 USER = [{"role": "user", "content": "Tell me a joke"}]
 
@@ -48,7 +43,7 @@ def proto(**kw: object) -> ReplicateProtocol:
 
 def decoded(pieces: list[bytes]) -> list[dict]:
     out = [json.loads(p) for p in pieces]
-    if _validate_stream is not None and out:
+    if out:
         _validate_stream(out)
     return out
 
@@ -188,14 +183,16 @@ def test_length_when_output_tokens_reach_max_tokens():
 
 
 def test_usage_is_estimated_without_metrics():
-    tr = ReplicateStream("llama", False, "rep", max_tokens=1, prompt_chars=40)
+    tr = ReplicateStream("llama", False, "rep", max_tokens=1, prompt_bytes=40)
     tr.feed("output", b"12345678")
     tr.feed("done", b"")
     tr.settle(None)
-    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens) == (10, 2)
+    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens, tr.usage.estimated) == (10, 2, True)
     assert tr.finish_reason == "stop"  # never "length" from an estimate
     tr.settle(final(output_token_count=5))  # per field: the prompt is still estimated
-    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens) == (10, 5)
+    assert (tr.usage.prompt_tokens, tr.usage.completion_tokens, tr.usage.estimated) == (10, 5, True)
+    tr.settle(final(input_token_count=7, output_token_count=5))
+    assert (tr.usage.prompt_tokens, tr.usage.estimated) == (7, False)
 
 
 def test_done_without_output_still_sends_role_and_finish():
@@ -238,8 +235,7 @@ def test_accumulated_completion():
     tr.feed("done", b"{}")
     tr.settle(final(input_token_count=4, output_token_count=3))
     doc = json.loads(tr.completion())
-    if _validate:
-        _validate("CreateChatCompletionResponse", doc)
+    _validate("CreateChatCompletionResponse", doc)
     assert doc["choices"][0]["message"]["content"] == "Hello, world"
     assert doc["usage"] == {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
 
@@ -436,7 +432,6 @@ async def test_run_refuses_other_operations():
         await proto().run(FakeHttp(DONE), Sink(), "embeddings", {"input": "x"}, MODEL, False)
 
 
-@needs_schema
 async def test_outputs_match_the_openai_schema():
     sink = Sink()
     await proto().run(FakeHttp(DONE, final=FINAL), sink, "chat", REQ, MODEL, True)

@@ -67,9 +67,8 @@ def test_an_empty_client_key_is_refused_even_on_loopback():
     assert problem is not None and "keys[0].key" in problem and "team" in problem
 
 
-def test_the_setting_is_a_new_last_field():
-    """Additive evolution: the new field comes last and defaults to off."""
-    assert msgspec.structs.fields(Config)[-1].name == "allow_open_gateway"
+def test_the_setting_defaults_to_off():
+    assert "allow_open_gateway" in {f.name for f in msgspec.structs.fields(Config)}
     assert Config().allow_open_gateway is False
 
 

@@ -22,8 +22,8 @@ Decisions beyond the table:
   (none 0, minimal 512, low 1024, medium 8192, high 24576, xhigh 32768).
 * Embeddings: Gemini takes at most 100 inputs per batch, so larger inputs are split into
   concurrent calls (:meth:`GeminiProtocol.run`). The API reports no token usage for
-  embeddings; when ``usageMetadata`` is absent the prompt tokens are estimated as
-  ceil(UTF-8 bytes / 4) per input (OpenAI's rule of thumb). With ``dimensions`` Gemini
+  embeddings; when ``usageMetadata`` is absent the prompt tokens are estimated
+  (:mod:`services.worker.tokens`) and the usage is flagged ``estimated``. With ``dimensions`` Gemini
   returns truncated, unnormalized vectors; they are rescaled to unit length as OpenAI's are.
 * Errors: see :func:`.gemini_stream.rpc_error`.
 """
@@ -42,6 +42,7 @@ import msgspec
 
 from libs.common.errors import InvalidRequest, SwitchmanError, UpstreamError
 
+from .. import tokens
 from ..chunks import Usage, chat_completion, embeddings_response
 from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated
 from .gemini_parts import write_contents
@@ -197,10 +198,6 @@ def _unit(values: list[float]) -> list[float]:
     return [v / norm for v in values]
 
 
-def _estimate_tokens(texts: list[str]) -> int:
-    return sum(-(-len(t.encode()) // 4) for t in texts)
-
-
 def with_version(base: str) -> str:
     """``base`` ending in an API version segment: ``/v1beta`` is added when it has none.
 
@@ -297,7 +294,7 @@ class GeminiProtocol(Protocol):
         body = _encode({"requests": requests})
         return HttpCall("POST", self._url(model, "batchEmbedContents"), self._headers(), body)
 
-    def _vectors(self, body: bytes, req: dict[str, Any], texts: list[str]) -> tuple[list[list[float]], int]:
+    def _vectors(self, body: bytes, req: dict[str, Any], texts: list[str]) -> tuple[list[list[float]], Usage]:
         try:
             resp = _decode_embeddings(body)
         except msgspec.DecodeError as e:
@@ -310,11 +307,12 @@ class GeminiProtocol(Protocol):
         if req.get("dimensions") is not None:
             vectors = [_unit(v) for v in vectors]
         used = resp.usage_metadata.prompt_token_count if resp.usage_metadata is not None else 0
-        return vectors, used or _estimate_tokens(texts)
+        if used:
+            return vectors, Usage(prompt_tokens=used)
+        return vectors, Usage(prompt_tokens=tokens.of_texts(texts), estimated=True)
 
     def embeddings_response(self, body: bytes, model: str, req: dict[str, Any]) -> Translated:
-        vectors, tokens = self._vectors(body, req, _inputs(req))
-        usage = Usage(prompt_tokens=tokens)
+        vectors, usage = self._vectors(body, req, _inputs(req))
         return Translated(embeddings_response(model, vectors, usage, req.get("encoding_format")), usage)
 
     async def run(
@@ -326,12 +324,12 @@ class GeminiProtocol(Protocol):
         batches = [{**req, "input": texts[i : i + BATCH_LIMIT]} for i in range(0, len(texts), BATCH_LIMIT)]
         responses = await asyncio.gather(*(http.fetch(self.embeddings_request(b, model)) for b in batches))
         vectors: list[list[float]] = []
-        tokens = 0
+        usage = Usage()
         for batch, resp in zip(batches, responses, strict=True):
             got, used = self._vectors(resp.body, req, batch["input"])
             vectors.extend(got)
-            tokens += used
-        usage = Usage(prompt_tokens=tokens)
+            usage.prompt_tokens += used.prompt_tokens
+            usage.estimated = usage.estimated or used.estimated
         await sink.result(embeddings_response(model, vectors, usage, req.get("encoding_format")))
         return usage
 

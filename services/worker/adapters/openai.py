@@ -5,8 +5,10 @@ The request is the client's body with ``model`` replaced (and the profile's fixe
 usage requested in streams for accounting); unknown client fields pass through.
 Responses and stream chunks pass through byte for byte; only the chunks that carry
 usage or an error are decoded. The usage chunk is removed when the gateway asked
-for it and the client did not; it is synthesized (estimated, 4 characters a token)
-when the client asked and the server does not send one.
+for it and the client did not; it is synthesized when the client asked and the
+server does not send one: its completion tokens estimated from the streamed text
+(:mod:`services.worker.tokens`), flagged ``estimated`` (the worker adds the
+prompt's estimate to the usage record).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import msgspec
 
 from libs.common.errors import SwitchmanError, UpstreamError, UpstreamProtocolError, upstream_status_error
 
+from .. import tokens
 from ..chunks import Usage, new_id, now
 from .base import HttpCall, Protocol, StreamTranslator, Translated, retry_after
 
@@ -221,14 +224,15 @@ def _carries_usage(data: bytes) -> bool:
 class PassthroughStream(StreamTranslator):
     """Forward OpenAI chunks as they are; watch for usage, errors and the end."""
 
-    __slots__ = ("provider", "include_usage", "usage", "done", "_pieces", "_model", "_sent_usage", "_first")
+    __slots__ = ("provider", "include_usage", "usage", "done", "_streamed", "_model", "_sent_usage", "_first")
 
     def __init__(self, provider: str, model: str, include_usage: bool) -> None:
         self.provider = provider
         self.include_usage = include_usage
         self.usage: Usage | None = None
         self.done = False
-        self._pieces = 0
+        # Only a usage the client asked for is ever synthesized from the stream.
+        self._streamed = tokens.Streamed() if include_usage else None
         self._model = model
         self._sent_usage = False
         self._first: _StreamChunk | None = None  # id/created/model for a synthesized usage chunk
@@ -243,14 +247,15 @@ class PassthroughStream(StreamTranslator):
             data = data.replace(b"\n", b" ")
         if _carries_usage(data) or b'"error"' in data:
             return self._inspect(data)
-        if self._first is None and self.include_usage:
-            self._first = self._decode(data)
+        if self._first is None and self._streamed is not None:
+            self._first = self._decode(data)  # id/created/model for a synthesized usage chunk
         else:  # forwarded untouched, so it must be what the client can parse: a JSON object
             try:
                 _object_dec.decode(data)
             except msgspec.DecodeError:
                 raise self._broken(data) from None
-        self._pieces += 1  # about one token per chunk: the estimate for a synthesized usage
+        if self._streamed is not None:
+            self._streamed.add((data,))
         return [data]
 
     def _decode(self, data: bytes) -> _StreamChunk:
@@ -291,7 +296,8 @@ class PassthroughStream(StreamTranslator):
             )
         if self.include_usage and not self._sent_usage:
             if self.usage is None:
-                self.usage = Usage(completion_tokens=self._pieces)
+                streamed = self._streamed.tokens() if self._streamed is not None else 0
+                self.usage = Usage(completion_tokens=streamed, estimated=True)
             first = self._first or _StreamChunk(id=new_id(), created=now(), model=self._model)
             return [
                 _enc.encode(

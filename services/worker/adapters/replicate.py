@@ -29,7 +29,7 @@ llama models take it (a stop string containing a comma cannot be expressed: 400)
 ``seed`` is not sent (the hosted llama inputs have none).
 
 Usage comes from the metrics; when they are missing (or the final GET fails) it is
-estimated at 4 characters per token. ``finish_reason`` is ``length`` only when a reported
+estimated (:mod:`services.worker.tokens`) and flagged ``estimated``. ``finish_reason`` is ``length`` only when a reported
 ``output_token_count`` reached ``max_tokens``, otherwise ``stop``.
 """
 
@@ -50,6 +50,7 @@ from libs.common.errors import (
     upstream_status_error,
 )
 
+from .. import tokens
 from ..chunks import ChunkWriter, Usage, chat_completion
 from .base import Http, HttpCall, Protocol, Sink, StreamTranslator, Translated, relay, retry_after
 
@@ -157,20 +158,17 @@ def parse_prediction(body: bytes, provider: str) -> Prediction:
     return p
 
 
-def _estimate(chars: int) -> int:
-    return (chars + 3) // 4
-
-
 def _settle(
-    metrics: _Metrics | None, max_tokens: int | None, prompt_chars: int, chars: int
+    metrics: _Metrics | None, max_tokens: int | None, prompt_bytes: int, text_bytes: int
 ) -> tuple[Usage, str]:
     """(usage, finish_reason) from a prediction's metrics (estimated without)."""
     if metrics is None:
         metrics = _Metrics()
     prompt, done = metrics.input_token_count, metrics.output_token_count
     usage = Usage(
-        prompt_tokens=int(prompt) if prompt is not None else _estimate(prompt_chars),
-        completion_tokens=int(done) if done is not None else _estimate(chars),
+        prompt_tokens=int(prompt) if prompt is not None else tokens.of_bytes(prompt_bytes),
+        completion_tokens=int(done) if done is not None else tokens.of_bytes(text_bytes),
+        estimated=prompt is None or done is None,
     )
     hit = done is not None and max_tokens is not None and done >= max_tokens
     return usage, "length" if hit else "stop"
@@ -195,14 +193,14 @@ class ReplicateStream(StreamTranslator):
         provider: str,
         *,
         max_tokens: int | None = None,
-        prompt_chars: int = 0,
+        prompt_bytes: int = 0,
         accumulate: bool = False,
     ) -> None:
         self.writer = ChunkWriter(model, include_usage=include_usage)
         self.model, self.include_usage, self.provider = model, include_usage, provider
-        self.max_tokens, self.prompt_chars, self.accumulate = max_tokens, prompt_chars, accumulate
+        self.max_tokens, self.prompt_bytes, self.accumulate = max_tokens, prompt_bytes, accumulate
         self.parts: list[str] = []
-        self.chars = 0
+        self.text_bytes = 0
         self.started = False
         self.finish_reason: str | None = None
 
@@ -211,7 +209,7 @@ class ReplicateStream(StreamTranslator):
             if not data:
                 return []
             text = data.decode()
-            self.chars += len(text)
+            self.text_bytes += len(data)
             if self.accumulate:
                 self.parts.append(text)
                 return []
@@ -236,7 +234,7 @@ class ReplicateStream(StreamTranslator):
     def settle(self, final: Prediction | None) -> None:
         """Usage and finish reason from the final prediction's metrics (estimated without)."""
         metrics = final.metrics if final is not None else None
-        self.usage, self.finish_reason = _settle(metrics, self.max_tokens, self.prompt_chars, self.chars)
+        self.usage, self.finish_reason = _settle(metrics, self.max_tokens, self.prompt_bytes, self.text_bytes)
 
     def tail(self) -> list[bytes]:
         pieces = [] if self.started else [self.writer.role()]
@@ -339,7 +337,7 @@ class ReplicateProtocol(Protocol):
             include_usage,
             self.provider.id,
             max_tokens=req.get("max_completion_tokens") or req.get("max_tokens"),
-            prompt_chars=len(inp.get("system_prompt", "")) + len(inp["prompt"]),
+            prompt_bytes=len(inp.get("system_prompt", "").encode()) + len(inp["prompt"].encode()),
             accumulate=not stream,
         )
 
