@@ -1,7 +1,8 @@
 """Messages that cross the bus.
 
-Frames on a reply inbox carry a one-byte kind followed by the payload, so the ingress
-dispatches without parsing headers or JSON for the common (chunk) case:
+Frames on a reply inbox carry a 6-byte header — kind (1 byte), attempt (1 byte),
+sequence number (4 bytes, big-endian) — followed by the payload, so the ingress
+dispatches without parsing NATS headers or JSON for the common (chunk) case:
 
 =====  =============================================================================
 kind   payload
@@ -12,12 +13,19 @@ kind   payload
 ``C``  OpenAI stream chunks, ready-to-send one-line JSON, newline-separated (what
        one upstream read produced travels as one frame)
 ``R``  the complete OpenAI response body (non-stream)
+``P``  a piece of a payload too large for one message; the frame of the payload's
+       own kind (``C`` or ``R``) that follows carries its last piece
 ``D``  :class:`Done` (JSON) — the stream ended cleanly
 ``E``  :class:`~libs.common.errors.ErrorFrame` (JSON) — the request failed
 ``K``  empty — keep-alive while the upstream is silent
 =====  =============================================================================
 
 Exactly one terminal frame (``R``, ``D`` or ``E``) ends every request.
+
+Each attempt numbers its frames from 0 (its ``A``); the router's frames (an ``E``
+before any attempt) are attempt 0. A bus blip can lose messages silently, so the
+ingress checks that every frame of the current attempt is the next in sequence and
+fails the request on a gap or reordering — never a clean finish of a damaged answer.
 
 Requests on ``sw.route.*`` and ``sw.exec.*`` carry their routing data in an
 :class:`Envelope` in front of the client's body: ``<envelope JSON>\n<body>``.
@@ -29,6 +37,8 @@ NATS headers, when tracing is on.)
 """
 
 from __future__ import annotations
+
+import struct
 
 import msgspec
 
@@ -124,9 +134,25 @@ class UsageRecord(_Msg, frozen=True):
 
 
 class Heartbeat(_Msg, frozen=True):
+    """A worker is alive (every ``liveness.BEAT_S``), with the reply inboxes it serves.
+
+    An ingress whose request is not in ``active`` any more, though it has no terminal
+    frame for it, lost that frame on the bus. A ``draining`` worker takes no new work
+    (routers skip it) but is alive for the streams it is finishing.
+    """
+
     worker: str
     providers: list[str]
     in_flight: int = 0
+    active: list[str] = []
+    draining: bool = False
+
+
+class Presence(_Msg, frozen=True):
+    """An ingress process is alive (every ``liveness.BEAT_S``): workers stop the upstream
+    calls of an ingress that went silent."""
+
+    process: str
 
 
 class ModelInfo(_Msg, frozen=True):
@@ -167,6 +193,7 @@ RESULT = ord("R")
 DONE = ord("D")
 ERROR = ord("E")
 KEEPALIVE = ord("K")
+PART = ord("P")
 
 encode = msgspec.json.Encoder().encode
 envelope_decoder = msgspec.json.Decoder(Envelope)
@@ -176,29 +203,21 @@ error_decoder = msgspec.json.Decoder(ErrorFrame)
 attempt_batch_decoder = msgspec.json.Decoder(list[AttemptEvent])
 usage_decoder = msgspec.json.Decoder(UsageRecord)
 heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
+presence_decoder = msgspec.json.Decoder(Presence)
 catalog_decoder = msgspec.json.Decoder(Catalog)
-
-KEEPALIVE_FRAME = b"K"
 
 # Room kept in every request message for the routing envelope in front of the body
 # (the router adds the plan): a body may use the bus's max_payload minus this.
 ENVELOPE_ROOM = 64 * 1024
 
-
-def ack_frame(ack: Ack) -> bytes:
-    return b"A" + encode(ack)
-
-
-def error_frame(err: ErrorFrame) -> bytes:
-    return b"E" + encode(err)
+_HEADER = struct.Struct(">BBI")
+HEADER_SIZE = _HEADER.size
+header = _HEADER.pack
+parse_header = _HEADER.unpack_from
 
 
-def done_frame(done: Done) -> bytes:
-    return b"D" + encode(done)
-
-
-def moved_frame(moved: Moved) -> bytes:
-    return b"M" + encode(moved)
+def frame(kind: int, attempt: int, seq: int, payload: bytes = b"") -> bytes:
+    return _HEADER.pack(kind, attempt, seq) + payload
 
 
 def pack(env: Envelope, body: bytes | memoryview) -> bytes:

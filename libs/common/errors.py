@@ -150,6 +150,22 @@ class UpstreamProtocolError(UpstreamError):
     default_code = "upstream_protocol_error"
 
 
+class BusFramesLost(SwitchmanError):
+    """Frames of a request were lost or reordered on the bus (a NATS blip): the answer is damaged."""
+
+    status = 502
+    type = "api_error"
+    default_code = "bus_frames_lost"
+
+
+class WorkerGone(SwitchmanError):
+    """The worker serving a request stopped responding (its process died or hung)."""
+
+    status = 502
+    type = "api_error"
+    default_code = "worker_gone"
+
+
 class UpstreamAuthError(UpstreamError):
     """The provider refused our credentials: misconfigured, never the client's 401."""
 

@@ -18,6 +18,7 @@ INBOX_PREFIX = "_SW."
 # -- events and state ---------------------------------------------------------------
 ATTEMPT_EVENTS = "sw.events.attempt"
 WORKER_HEARTBEAT = "sw.workers.heartbeat"
+INGRESS_PRESENCE = "sw.ingress.presence"
 # Workers answer this with their catalog (models, capabilities) for the ingress.
 CATALOG_REQUEST = "sw.catalog.get"
 CATALOG_UPDATE = "sw.catalog.update"
@@ -60,6 +61,11 @@ def inbox_wildcard(process_id: str) -> str:
 def usage_subject(provider_id: str) -> str:
     """Where a worker publishes the usage records of a provider's attempts (one a message)."""
     return USAGE_PREFIX + provider_id
+
+
+def inbox_process(inbox: str) -> str:
+    """The ingress process a reply inbox (``_SW.<process>.<token>``) belongs to."""
+    return inbox[len(INBOX_PREFIX) :].partition(".")[0]
 
 
 def valid_token(token: str) -> bool:

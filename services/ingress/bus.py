@@ -4,27 +4,41 @@ One wildcard reply subscription per process (``_SW.<process>.*``) dispatches eve
 frame to its request by inbox token — no SUB/UNSUB per request. A request's frames
 queue in a :class:`Call`; :meth:`Call.next` waits with a timer handle instead of a
 task, so an idle request costs one future.
+
+The bus also watches the workers serving its calls (their heartbeats): a call whose
+worker went silent gets a ``WORKER_GONE`` pseudo-frame, and a call its live worker no
+longer lists though its terminal frame never came gets ``FRAMES_LOST`` — so a dead
+worker or a lost last frame ends the request within seconds, not at the idle timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from libs.common import subjects
+from libs.common import contracts, subjects
+from libs.common.contracts import Heartbeat
+from libs.common.liveness import Liveness
 from libs.common.subjects import H
 
 # The service's one way to subscribe (:meth:`libs.common.service.Service.subscribe`).
 Subscribe = Callable[..., Awaitable[Any]]
 
-# A NATS status message (no responders) arrives as this pseudo-frame.
+# Pseudo-frames, shorter than any frame header: a NATS status message (no responders),
+# the call's worker went silent, its live worker ended it but the end never arrived.
 NO_RESPONDERS = b"\x00"
+WORKER_GONE = b"\x01"
+FRAMES_LOST = b"\x02"
+_ENDS = frozenset((contracts.RESULT, contracts.DONE, contracts.ERROR))
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:
@@ -35,7 +49,7 @@ def _expire(fut: asyncio.Future[bool]) -> None:
 class Call:
     """The frames of one in-flight request, in arrival order."""
 
-    __slots__ = ("bus", "token", "inbox", "frames", "_waiter")
+    __slots__ = ("bus", "token", "inbox", "frames", "_waiter", "worker", "acked_at", "ended")
 
     def __init__(self, bus: Bus, token: str) -> None:
         self.bus = bus
@@ -43,6 +57,13 @@ class Call:
         self.inbox = bus.root + token
         self.frames: deque[bytes] = deque()
         self._waiter: asyncio.Future[bool] | None = None
+        self.worker: str | None = None  # the worker that acked the current attempt
+        self.acked_at = 0.0
+        self.ended = False  # its terminal frame (or a pseudo-frame ending it) is queued
+
+    def end(self, pseudo: bytes) -> None:
+        self.ended = True
+        self.push(pseudo)
 
     def push(self, data: bytes) -> None:
         self.frames.append(data)
@@ -79,6 +100,7 @@ class Bus:
         self._ids = itertools.count(1)
         self.loop = asyncio.get_running_loop()
         self.process = process
+        self.workers = Liveness(nc)
 
     async def start(self, subscribe: Subscribe) -> None:
         """Subscribe the reply inbox through the service's ``subscribe``: the service
@@ -97,7 +119,40 @@ class Bus:
         data = msg.data
         if not data and msg.headers and msg.headers.get(H.STATUS) == "503":
             data = NO_RESPONDERS
+        elif data:
+            kind = data[0]
+            if kind == contracts.CHUNK:
+                pass
+            elif kind in _ENDS:
+                call.ended = True
+            elif kind == contracts.ACK:
+                with contextlib.suppress(msgspec.DecodeError):
+                    call.worker = contracts.ack_decoder.decode(data[contracts.HEADER_SIZE :]).worker
+                    call.acked_at = time.monotonic()
+            elif kind == contracts.MOVED:
+                call.worker = None  # the next candidate's worker acks in its turn
         call.push(data)
+
+    # -- liveness of the workers serving the calls ----------------------------------------
+    def on_heartbeat(self, hb: Heartbeat) -> None:
+        self.workers.saw(hb.worker)
+        active: set[str] | None = None
+        for call in self.calls.values():
+            if call.worker == hb.worker and not call.ended:
+                active = set(hb.active) if active is None else active
+                if call.inbox not in active:  # ended at the worker, its end lost on the bus
+                    call.end(FRAMES_LOST)
+
+    def check(self) -> None:
+        """End the calls whose worker went silent (see :class:`~libs.common.liveness.Liveness`)."""
+        now = self.workers.tick()
+        for call in self.calls.values():
+            if (
+                call.worker is not None
+                and not call.ended
+                and self.workers.gone(call.worker, call.acked_at, now)
+            ):
+                call.end(WORKER_GONE)
 
     def open(self) -> Call:
         token = format(next(self._ids), "x")

@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from libs.common import contracts
-from libs.common.errors import GatewayTimeout, NoProvider, SwitchmanError, UpstreamError, from_frame
+from libs.common.errors import (
+    BusFramesLost,
+    GatewayTimeout,
+    NoProvider,
+    SwitchmanError,
+    UpstreamError,
+    WorkerGone,
+    from_frame,
+)
 
-from .bus import NO_RESPONDERS, Call
+from .bus import NO_RESPONDERS, WORKER_GONE, Call
 from .render import error_event
 
 _SSE_HEADERS = {
@@ -64,9 +72,12 @@ class Relay:
         self.idle_timeout = idle_timeout
         self.deadline = deadline  # monotonic
         self.acked = False
+        self.attempt = 0  # the attempt whose frames count; its next frame's sequence number:
+        self.seq = 0
+        self.parts: list[bytes] = []  # pieces of a payload larger than one message
 
     async def frame(self) -> tuple[int, bytes]:
-        """The next data-bearing frame (kind, payload); handles A/M/K frames itself."""
+        """The next data-bearing frame (kind, payload); handles A/M/K/P frames itself."""
         while True:
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
@@ -81,18 +92,52 @@ class Relay:
                 raise GatewayTimeout(
                     f"the worker serving provider {self.route.provider!r} went silent for {self.idle_timeout:g}s"
                 )
-            if data == NO_RESPONDERS:
-                what = "worker" if self.route.attempts or self.acked else "router or worker"
-                raise NoProvider(f"no {what} is serving this request right now")
-            kind = data[0]
+            if len(data) < contracts.HEADER_SIZE:
+                raise self._pseudo(data)
+            kind, attempt, seq = contracts.parse_header(data)
+            if not self._in_sequence(attempt, seq):
+                continue
+            if kind == contracts.CHUNK or kind == contracts.RESULT:
+                return kind, self._whole(data)
             if kind == contracts.ACK:
-                self._ack(data[1:])
+                self._ack(data[contracts.HEADER_SIZE :])
             elif kind == contracts.MOVED:
                 self.acked = False  # the next candidate has to ack in its turn
-            elif kind == contracts.KEEPALIVE:
-                continue
-            else:
-                return kind, data[1:]
+            elif kind == contracts.PART:
+                self.parts.append(data[contracts.HEADER_SIZE :])
+            elif kind != contracts.KEEPALIVE:
+                return kind, data[contracts.HEADER_SIZE :]
+
+    def _pseudo(self, data: bytes) -> SwitchmanError:
+        if data == NO_RESPONDERS:
+            what = "worker" if self.route.attempts or self.acked else "router or worker"
+            return NoProvider(f"no {what} is serving this request right now")
+        if data == WORKER_GONE:
+            return WorkerGone(f"the worker serving provider {self.route.provider!r} stopped responding")
+        return BusFramesLost("the end of this request's answer was lost on the bus")
+
+    def _in_sequence(self, attempt: int, seq: int) -> bool:
+        """Is this frame the next one? False for a stale attempt's; BusFramesLost for a gap."""
+        if attempt == self.attempt and seq == self.seq:
+            self.seq = seq + 1
+            return True
+        if attempt > self.attempt and seq == 0 and not self.parts:  # the next attempt begins
+            self.attempt, self.seq = attempt, 1
+            return True
+        if attempt < self.attempt:  # a late keep-alive of an attempt that handed over
+            return False
+        raise BusFramesLost(
+            f"frames of this request were lost on the bus (attempt {attempt}: expected frame "
+            f"{self.seq if attempt == self.attempt else 0}, got {seq})"
+        )
+
+    def _whole(self, data: bytes) -> bytes:
+        if not self.parts:
+            return data[contracts.HEADER_SIZE :]
+        self.parts.append(data[contracts.HEADER_SIZE :])
+        whole = b"".join(self.parts)
+        self.parts = []
+        return whole
 
     def _ack(self, payload: bytes) -> None:
         ack = contracts.ack_decoder.decode(payload)
@@ -116,9 +161,13 @@ class Relay:
         _frame_sse(out, payload)
         frames = self.call.frames
         while True:
-            # Everything already queued goes out in one write.
-            while frames and frames[0][0] == contracts.CHUNK:
-                _frame_sse(out, frames.popleft()[1:])
+            # Every chunk already queued and in sequence goes out in one write.
+            while frames and not self.parts and len(frames[0]) >= contracts.HEADER_SIZE:
+                kind, attempt, seq = contracts.parse_header(frames[0])
+                if kind != contracts.CHUNK or attempt != self.attempt or seq != self.seq:
+                    break
+                self.seq = seq + 1
+                _frame_sse(out, frames.popleft()[contracts.HEADER_SIZE :])
             await resp.write(b"".join(out))
             out = []
             try:

@@ -29,9 +29,9 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from libs.common import contracts, log, openai, subjects, tracing
+from libs.common import contracts, liveness, log, openai, subjects, tracing
 from libs.common.config import Config, KeyConfig, Strategy
-from libs.common.contracts import Envelope
+from libs.common.contracts import Envelope, Presence
 from libs.common.errors import (
     AuthenticationFailed,
     InternalError,
@@ -97,6 +97,7 @@ class Ingress(Service):
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.body_limit = cfg.limits.max_body_bytes  # capped by the bus's max_payload at start
+        self.liveness_loop: asyncio.Task[None] | None = None
         self.access_log: bool | None = None  # known once logging is set up (first request)
         lim = cfg.limits
         self.ack_timeout, self.idle_timeout, self.request_timeout = (
@@ -110,6 +111,9 @@ class Ingress(Service):
         await super().start(nc)
         self.bus = Bus(nc, process_id())
         await self.bus.start(self.subscribe)
+        # Workers' liveness for the calls in flight, this process's for the workers.
+        await self.subscribe(subjects.WORKER_HEARTBEAT, self.on_heartbeat)
+        self.liveness_loop = asyncio.create_task(self._liveness_loop())
         await self.subscribe(subjects.CATALOG_UPDATE, self.on_catalog)
         await nc.publish(subjects.CATALOG_REQUEST, b"")
         # A body must fit in one bus message with its routing envelope: beyond, 413, never 500.
@@ -140,6 +144,29 @@ class Ingress(Service):
 
     def in_flight(self) -> int:
         return 0 if self.bus is None else len(self.bus.calls)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        assert self.bus is not None
+        self.bus.on_heartbeat(contracts.heartbeat_decoder.decode(msg.data))
+
+    async def _liveness_loop(self) -> None:
+        """Presence every BEAT_S (workers stop the calls of an ingress gone silent); every
+        CHECK_S, end the calls whose worker went silent."""
+        assert self.bus is not None and self.nc is not None
+        presence = contracts.encode(Presence(process=self.bus.process))
+        said_at = 0.0
+        while True:
+            await asyncio.sleep(liveness.CHECK_S)
+            self.bus.check()
+            now = time.monotonic()
+            if now - said_at >= liveness.BEAT_S:
+                said_at = now
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(subjects.INGRESS_PRESENCE, presence)
+
+    async def close(self) -> None:
+        if self.liveness_loop is not None:
+            self.liveness_loop.cancel()
 
     async def finish(self) -> None:
         """Stop listening first, then wait for the in-flight requests (up to the drain

@@ -56,6 +56,8 @@ class Router(Service):
 
     async def on_heartbeat(self, msg: Msg) -> None:
         hb = contracts.heartbeat_decoder.decode(msg.data)
+        if hb.draining:  # finishing its streams, taking no new work
+            return
         now = time.monotonic()
         for p in hb.providers:
             self.state.seen[p] = now
@@ -84,7 +86,10 @@ class Router(Service):
                 plan = decide(self.state, env.model, env.strategy, time.monotonic(), self.rng)
             except SwitchmanError as e:
                 if msg.reply:
-                    await nc.publish(msg.reply, contracts.error_frame(e.frame()))
+                    # Attempt 0: no worker has the request yet.
+                    await nc.publish(
+                        msg.reply, contracts.frame(contracts.ERROR, 0, 0, contracts.encode(e.frame()))
+                    )
                 return
             routed = msgspec.structs.replace(env, plan=plan.candidates, attempt=1, reason=plan.reason)
             await nc.publish(

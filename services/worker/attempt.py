@@ -35,16 +35,23 @@ _decode_body = msgspec.json.Decoder(dict).decode
 
 
 class InboxSink:
-    """Frames to the client's reply inbox; remembers when the first byte went out."""
+    """Frames to the client's reply inbox, numbered; remembers when the first byte went out.
 
-    __slots__ = ("nc", "reply", "started", "first_at", "last_at", "streamed")
+    Every frame of this attempt carries the attempt number and the next sequence
+    number (the ack is 0), so the ingress notices a lost or reordered frame. A payload
+    larger than one bus message goes out as ``P`` frames and a last frame of its own kind.
+    """
 
-    def __init__(self, nc: NATS, reply: str) -> None:
+    __slots__ = ("nc", "reply", "attempt", "seq", "started", "born", "first_at", "last_at", "streamed")
+
+    def __init__(self, nc: NATS, reply: str, attempt: int) -> None:
         self.nc = nc
         self.reply = reply
+        self.attempt = attempt
+        self.seq = 0
         self.started = False
         self.first_at = 0.0
-        self.last_at = time.monotonic()
+        self.born = self.last_at = time.monotonic()
         # What went to the client, for an estimate when the provider's count is missing.
         self.streamed = Streamed()
 
@@ -59,16 +66,31 @@ class InboxSink:
         """One ``C`` frame for all ``pieces`` (newline-separated: chunks are one-line JSON)."""
         self._mark()
         self.streamed.add(pieces)
-        await self.nc.publish(self.reply, b"C" + (pieces[0] if len(pieces) == 1 else b"\n".join(pieces)))
+        await self.send(contracts.CHUNK, pieces[0] if len(pieces) == 1 else b"\n".join(pieces))
 
     async def result(self, body: bytes) -> None:
         self._mark()
         self.streamed.add((body,))
-        await self.nc.publish(self.reply, b"R" + body)
+        await self.send(contracts.RESULT, body)
 
-    async def frame(self, data: bytes) -> None:
+    async def send(self, kind: int, payload: bytes = b"") -> None:
         self.last_at = time.monotonic()
-        await self.nc.publish(self.reply, data)
+        room = self.nc.max_payload - contracts.HEADER_SIZE
+        if len(payload) > room:
+            await self._in_parts(kind, payload, room)
+            return
+        seq = self.seq
+        self.seq = seq + 1
+        await self.nc.publish(self.reply, contracts.header(kind, self.attempt, seq) + payload)
+
+    async def _in_parts(self, kind: int, payload: bytes, room: int) -> None:
+        view = memoryview(payload)
+        last = (len(payload) - 1) // room * room
+        for at in range(0, len(payload), room):
+            seq = self.seq
+            self.seq = seq + 1
+            head = contracts.header(kind if at == last else contracts.PART, self.attempt, seq)
+            await self.nc.publish(self.reply, head + view[at : at + room])
 
 
 def target(env: Envelope) -> Candidate:
@@ -102,14 +124,14 @@ async def execute(
             if env.stream:
                 u = usage or Usage()
                 done = Done(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
-                await sink.frame(contracts.done_frame(done))
+                await sink.send(contracts.DONE, contracts.encode(done))
         except SwitchmanError as e:
             error = e
         except asyncio.CancelledError:
             # Client gone or shutting down: the one terminal frame still goes out, and the
             # request is not handed on (nobody may be waiting for it).
             error = UpstreamError("the request was cancelled (gateway shutting down or client gone)")
-            await sink.frame(contracts.error_frame(error.frame()))
+            await sink.send(contracts.ERROR, contracts.encode(error.frame()))
             _report(binding, env, attempt_id, started, sink, settled(usage, req, sink), error)
             raise
         except Exception as e:  # a bug: never a hang, never a silent end
@@ -182,17 +204,14 @@ async def fail(
     past_deadline = time.time() * 1000 >= env.deadline_ms
     if not sink.started and error.retryable and env.attempt < len(env.plan) and not past_deadline:
         failed, nxt = target(env), env.plan[env.attempt]
-        await sink.frame(
-            contracts.moved_frame(
-                Moved(
-                    provider=failed.provider,
-                    attempt=env.attempt,
-                    status=error.status,
-                    message=error.message,
-                    next_provider=nxt.provider,
-                )
-            )
+        moved_to = Moved(
+            provider=failed.provider,
+            attempt=env.attempt,
+            status=error.status,
+            message=error.message,
+            next_provider=nxt.provider,
         )
+        await sink.send(contracts.MOVED, contracts.encode(moved_to))
         moved = msgspec.structs.replace(env, attempt=env.attempt + 1)
         await nc.publish(
             subjects.exec_subject(nxt.provider),
@@ -201,7 +220,7 @@ async def fail(
             headers=tracing.carrier() or trace,
         )
         return
-    await sink.frame(contracts.error_frame(error.frame()))
+    await sink.send(contracts.ERROR, contracts.encode(error.frame()))
 
 
 def _report(

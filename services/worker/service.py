@@ -26,10 +26,11 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from libs.common import contracts, registry, subjects
+from libs.common import contracts, liveness, registry, subjects
 from libs.common.config import Config, ProviderConfig, environ
 from libs.common.contracts import Ack, Catalog, Envelope, Extension, Heartbeat, ModelInfo
 from libs.common.errors import Overloaded
+from libs.common.liveness import Liveness
 from libs.common.profiles import profile_for
 from libs.common.service import Service, process_id
 
@@ -39,8 +40,6 @@ from .attempt import InboxSink, execute, fail, target
 from .binding import Binding
 from .telemetry import Telemetry
 from .upstream import Upstream, new_session
-
-HEARTBEAT_S = 2.0
 
 
 class Worker(Service):
@@ -54,6 +53,9 @@ class Worker(Service):
         self.configured = [p for p in registry.providers(cfg, environ()) if wanted is None or p.id in wanted]
         self.bindings: dict[str, Binding] = {}
         self.active: dict[str, tuple[asyncio.Task[Any], InboxSink]] = {}
+        # Every request this worker acked and has not ended: its heartbeat lists them.
+        self.sinks: dict[str, InboxSink] = {}
+        self.draining = False
         self.heartbeats: asyncio.Task[Any] | None = None
         self.keepalives: asyncio.Task[Any] | None = None
 
@@ -74,10 +76,12 @@ class Worker(Service):
             await self.subscribe(subjects.exec_subject(pid), self.on_exec, queue=queue, intake=True)
         # A worker that stops taking work stops advertising itself too.
         await self.subscribe(subjects.CATALOG_REQUEST, self.on_catalog_request, intake=True)
-        # Cancels must reach the in-flight streams until they are done.
+        # Cancels and ingress presence must reach the in-flight streams until they are done.
         await self.subscribe(subjects.CANCEL, self.on_cancel)
+        self.ingresses = Liveness(nc)
+        await self.subscribe(subjects.INGRESS_PRESENCE, self.on_presence)
         await self.announce()
-        self.heartbeats = asyncio.create_task(self._heartbeat_loop())
+        self.heartbeats = asyncio.create_task(self._liveness_loop())
         self.keepalives = asyncio.create_task(self._keepalive_loop())
 
     def bind(self, p: ProviderConfig) -> None:
@@ -98,15 +102,15 @@ class Worker(Service):
         )
 
     async def finish(self) -> None:
-        """No more heartbeats (routers stop counting on this worker); in-flight streams
-        keep their keep-alives and frames until they end."""
-        if self.heartbeats is not None:
-            self.heartbeats.cancel()
+        """Heartbeats say ``draining`` (routers stop counting on this worker, ingresses still
+        know it alive); in-flight streams keep their keep-alives and frames until they end."""
+        self.draining = True
         await super().finish()
 
     async def close(self) -> None:
-        if self.keepalives is not None:
-            self.keepalives.cancel()
+        for loop in (self.heartbeats, self.keepalives):
+            if loop is not None:
+                loop.cancel()
         await self.telemetry.stop()  # usage records flushed, with their acks
         for b in self.bindings.values():
             await b.session.close()
@@ -133,11 +137,13 @@ class Worker(Service):
             reason=env.reason,
             plan_size=len(env.plan),
         )
-        await nc.publish(reply, contracts.ack_frame(ack))
-        sink = InboxSink(nc, reply)
+        sink = InboxSink(nc, reply, env.attempt)
+        self.sinks[reply] = sink  # before the ack: every heartbeat after it lists the request
+        await sink.send(contracts.ACK, contracts.encode(ack))
         if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
             err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
             await fail(nc, sink, env, msg.data, err, msg.headers)  # the next candidate may have room
+            self.sinks.pop(reply, None)
 
     async def _execute(
         self,
@@ -155,6 +161,7 @@ class Worker(Service):
             await execute(self.nc, binding, env, data, body, trace, sink)
         finally:
             self.active.pop(sink.reply, None)
+            self.sinks.pop(sink.reply, None)  # after its terminal (or hand-over) frame
 
     async def on_cancel(self, msg: Msg) -> None:
         entry = self.active.get(msg.data.decode())
@@ -180,14 +187,35 @@ class Worker(Service):
 
     async def _heartbeat(self) -> None:
         assert self.nc is not None
-        hb = Heartbeat(worker=self.id, providers=list(self.bindings), in_flight=len(self.tasks))
+        hb = Heartbeat(
+            worker=self.id,
+            providers=list(self.bindings),
+            in_flight=len(self.tasks),
+            active=list(self.sinks),
+            draining=self.draining,
+        )
         await self.nc.publish(subjects.WORKER_HEARTBEAT, contracts.encode(hb))
 
-    async def _heartbeat_loop(self) -> None:
+    async def on_presence(self, msg: Msg) -> None:
+        self.ingresses.saw(contracts.presence_decoder.decode(msg.data).process)
+
+    async def _liveness_loop(self) -> None:
+        """A heartbeat every BEAT_S; every CHECK_S, stop the upstream calls of requests
+        whose ingress went silent (it died: nobody will read what the upstream sends)."""
+        beat_at = 0.0
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
-            with contextlib.suppress(Exception):
-                await self._heartbeat()
+            await asyncio.sleep(liveness.CHECK_S)
+            now = self.ingresses.tick()
+            if now - beat_at >= liveness.BEAT_S:
+                beat_at = now
+                with contextlib.suppress(Exception):
+                    await self._heartbeat()
+            for task, sink in list(self.active.values()):
+                if task.cancelling():
+                    continue
+                if self.ingresses.gone(subjects.inbox_process(sink.reply), sink.born, now):
+                    self.log.warning("client_ingress_gone", inbox=sink.reply)
+                    task.cancel()
 
     async def _keepalive_loop(self) -> None:
         """A K frame to every request whose upstream has been silent, so the ingress's
@@ -199,4 +227,4 @@ class Worker(Service):
             for _, sink in list(self.active.values()):
                 if now - sink.last_at >= every:
                     with contextlib.suppress(Exception):
-                        await sink.frame(contracts.KEEPALIVE_FRAME)
+                        await sink.send(contracts.KEEPALIVE)

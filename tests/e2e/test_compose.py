@@ -791,7 +791,7 @@ class BusWatch:
         async def on_frame(msg: Any) -> None:
             data = msg.data
             if data[:1] == b"A":  # the worker's ack names the worker
-                self.acks.append(contracts.ack_decoder.decode(data[1:]).worker)
+                self.acks.append(contracts.ack_decoder.decode(data[contracts.HEADER_SIZE :]).worker)
 
         async def on_heartbeat(msg: Any) -> None:
             self.heartbeats.add(contracts.heartbeat_decoder.decode(msg.data).worker)

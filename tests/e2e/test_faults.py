@@ -8,61 +8,26 @@ import time
 import openai
 import pytest
 
-from tests.gateway import Proc, config_dict, openai_provider, service_cmd, wait_http, wait_model, write_config
+from tests.cluster import Cluster
+from tests.gateway import wait_model
 
 pytestmark = pytest.mark.e2e
 
 IDLE_TIMEOUT = 2.0
 
 
-class Cluster:
-    def __init__(self, tmp_path, nats_url: str, base: str) -> None:
-        data = config_dict(
-            providers=[openai_provider("emu", base, ["gpt-4o-mini"])],
-            limits={"idle_timeout_s": IDLE_TIMEOUT, "ack_timeout_s": 1.0},
-        )
-        self.port = int(data["listen"].rsplit(":", 1)[1])
-        self.cfg = write_config(tmp_path / "switchman.yaml", data)
-        self.env = {
-            "NATS_URL": nats_url,
-            "SWITCHMAN_CONFIG": str(self.cfg),
-            "SWITCHMAN_DATA_DIR": str(tmp_path / "state"),
-        }
-        self.tmp = tmp_path
-        self.procs: dict[str, Proc] = {}
-
-    def start(self, *names: str) -> None:
-        for n in names:
-            self.procs[n] = Proc.start(service_cmd(n), self.env, self.tmp / f"{n}.log")
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key="x", max_retries=0)
-
-    async def ready(self) -> None:
-        await wait_http(f"http://127.0.0.1:{self.port}/healthz", procs=list(self.procs.values()))
-
-    def stop(self) -> dict[str, int]:
-        return {n: p.terminate() for n, p in self.procs.items() if p.alive()}
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {n}\n{p.output()[-2000:]}" for n, p in self.procs.items())
-
-
 @pytest.fixture
 def cluster(tmp_path, nats_server_fn, upstream):
-    c = Cluster(tmp_path, nats_server_fn.url, upstream[1])
+    limits = {"idle_timeout_s": IDLE_TIMEOUT, "ack_timeout_s": 1.0}
+    c = Cluster(tmp_path, nats_server_fn.url, upstream[1], limits=limits)
     yield c
-    for p in c.procs.values():
-        p.kill()
+    c.kill()
 
 
 async def test_worker_killed_mid_stream_ends_with_error_event(cluster, upstream):
     state, _ = upstream
-    cluster.start("ingress", "router", "worker")
+    for name in ("ingress", "router", "worker"):
+        cluster.start(name)
     await cluster.ready()
     await wait_model(cluster.base_url, "gpt-4o-mini")
     state.chunk_delay_s = 0.05
@@ -84,7 +49,8 @@ async def test_worker_killed_mid_stream_ends_with_error_event(cluster, upstream)
 
 
 async def test_no_worker_subscribed_is_503_within_a_second(cluster):
-    cluster.start("ingress", "router")
+    for name in ("ingress", "router"):
+        cluster.start(name)
     await cluster.ready()
     client = cluster.client()
     started = time.monotonic()
@@ -96,7 +62,8 @@ async def test_no_worker_subscribed_is_503_within_a_second(cluster):
 
 
 async def test_services_reconnect_after_nats_restart(cluster, nats_server_fn):
-    cluster.start("ingress", "router", "worker", "health", "ledger")
+    for name in ("ingress", "router", "worker", "health", "ledger"):
+        cluster.start(name)
     await cluster.ready()
     await wait_model(cluster.base_url, "gpt-4o-mini")
     nats_server_fn.kill()

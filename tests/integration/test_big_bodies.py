@@ -12,10 +12,11 @@ import json
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests import natsutil
 from tests.emulators.openai_upstream import UpstreamState, running
-from tests.gateway import config, in_process, openai_provider
+from tests.gateway import config, in_process, openai_provider, serving
 
 MB = 1024 * 1024
 
@@ -77,3 +78,67 @@ async def test_a_small_bus_caps_the_body_limit_with_413_never_500(tmp_path):
                 assert str(limit) in err["message"] and err["type"] == "invalid_request_error"
     finally:
         natsutil.shutdown(small)
+
+
+def big_answer_upstream(size: int) -> web.Application:
+    """A provider answering ``size`` bytes of text: in one body, or in one SSE chunk."""
+    text = ("0123456789abcdef" * (size // 16 + 1))[:size]
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+            return web.json_response(
+                {"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": [choice]}
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for delta, finish in (({"role": "assistant", "content": text}, None), ({}, "stop")):
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+            chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_answers_larger_than_one_bus_message_arrive_whole(tmp_path, stream):
+    small = natsutil.start_nats_server(tmp_path / "nats", max_payload=256 * 1024)
+    size = 2 * MB
+    try:
+        async with serving(big_answer_upstream(size)) as base:
+            cfg = config(providers=[openai_provider("big", base, ["m"])])
+            async with in_process(cfg, small.url) as gw:
+                body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+                status, reply = await post(gw.base_url, body)
+    finally:
+        natsutil.shutdown(small)
+    assert status == 200, reply[:300]
+    if stream:
+        events = [e[6:] for e in reply.decode().split("\n\n") if e.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    else:
+        text = json.loads(reply)["choices"][0]["message"]["content"]
+    assert len(text) == size and text.startswith("0123456789abcdef")
+
+
+async def test_an_embeddings_batch_of_2048_inputs(nats_server):
+    state = UpstreamState(api_key="sk-test")
+    inputs = [f"document number {i}" for i in range(2048)]
+    async with running(state) as upstream:
+        # The emulator computes the 6.3 million floats in this test's event loop, stalling
+        # the in-process gateway for seconds: a generous idle timeout for that.
+        limits = {"idle_timeout_s": 60.0}
+        cfg = config(providers=[openai_provider("emu", upstream, ["text-embedding-3-large"])], limits=limits)
+        async with in_process(cfg, nats_server.url) as gw:
+            client = gw.openai(timeout=120)
+            resp = await client.embeddings.create(model="text-embedding-3-large", input=inputs)
+    assert [d.index for d in resp.data] == list(range(2048))
+    assert {len(d.embedding) for d in resp.data} == {3072}  # tens of MB of JSON, many bus messages
+    assert resp.usage.prompt_tokens > 2048

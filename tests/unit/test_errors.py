@@ -68,9 +68,9 @@ def test_upstream_rejected_carries_its_status():
 
 
 def _round_trip(err: SwitchmanError) -> SwitchmanError:
-    wire = contracts.error_frame(err.frame())
-    assert wire[:1] == b"E"
-    frame = contracts.error_decoder.decode(wire[1:])
+    wire = contracts.frame(contracts.ERROR, 1, 3, contracts.encode(err.frame()))
+    assert contracts.parse_header(wire) == (contracts.ERROR, 1, 3)
+    frame = contracts.error_decoder.decode(wire[contracts.HEADER_SIZE :])
     assert isinstance(frame, ErrorFrame)
     return from_frame(frame)
 

@@ -374,3 +374,29 @@ async def test_failure_rate_zero_never_fails():
     p = proto(failure_rate=0.0)
     for _ in range(20):
         await p.run(None, Sink(), "chat", {"messages": USER, "max_tokens": 1}, "m", False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("op", "req", "param"),
+    [
+        (
+            "chat",
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9},
+            "max_tokens",
+        ),
+        (
+            "chat",
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 40000},
+            "max_completion_tokens",
+        ),
+        ("embeddings", {"model": "m", "input": ["x"] * 2048, "dimensions": 4096}, "dimensions"),
+    ],
+)
+def test_sizes_a_client_controls_are_bounded(op, req, param):
+    from libs.common.errors import InvalidRequest
+    from services.worker.adapters.sim import check_sizes
+
+    with pytest.raises(InvalidRequest) as e:
+        check_sizes(req, op, 32768)
+    assert e.value.param == param and e.value.status == 400
+    check_sizes({**req, param: 8}, op, 32768)  # a sane size passes

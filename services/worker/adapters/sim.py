@@ -22,7 +22,7 @@ import random
 from typing import Any
 
 from libs.common.config import SimSettings
-from libs.common.errors import UpstreamError
+from libs.common.errors import InvalidRequest, UpstreamError
 
 from ..chunks import ChunkWriter, Usage, chat_completion, embeddings_response, encode, new_id, now
 from .base import Http, Protocol, Sink
@@ -109,6 +109,32 @@ def plan_answer(req: dict[str, Any], settings: SimSettings) -> tuple[list[str], 
     return toks, None, finish
 
 
+# The most numbers the simulator computes for one embeddings request (inputs x dimensions):
+# about as much as 2,048 inputs of a 2,048-dimension model; a larger request is a 400.
+MAX_VALUES = 4 * 1024 * 1024
+
+
+def check_sizes(req: dict[str, Any], op: str, context_window: int) -> None:
+    """What a client controls stays bounded, as a real provider's limits keep it (400 naming it)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        limit = req.get(name)
+        if isinstance(limit, int) and limit > context_window:
+            raise InvalidRequest(
+                f"{name} is too large: {limit}. The simulated model supports at most {context_window} "
+                "completion tokens.",
+                param=name,
+            )
+    if op == "embeddings":
+        inputs = req.get("input")
+        count = 1 if isinstance(inputs, str) or not isinstance(inputs, list) else len(inputs)
+        dims = req.get("dimensions") or 0
+        if isinstance(dims, int) and count * dims > MAX_VALUES:
+            raise InvalidRequest(
+                f"{count} inputs of {dims} dimensions exceed the simulator's {MAX_VALUES} values per request.",
+                param="dimensions",
+            )
+
+
 class SimProtocol(Protocol):
     kind = "sim"
 
@@ -125,6 +151,7 @@ class SimProtocol(Protocol):
             raise UpstreamError(
                 f"provider {self.provider.id!r} failed (500): simulated failure", provider=self.provider.id
             )
+        check_sizes(req, op, self.profile.context_window or MAX_VALUES)
         if s.ttft_ms:
             await asyncio.sleep(s.ttft_ms / 1000)
         if op == "embeddings":
