@@ -39,9 +39,10 @@ class Cluster:
         self.tmp = tmp_path
         self.procs: dict[str, Proc] = {}
 
-    def start(self, label: str, service: str | None = None) -> Proc:
+    def start(self, label: str, service: str | None = None, nats_url: str | None = None) -> Proc:
         """``switchman run <service>`` (default: the label) as process ``label``."""
-        proc = Proc.start(switchman_cmd("run", service or label), self.env, self.tmp / f"{label}.log")
+        env = self.env if nats_url is None else {**self.env, "NATS_URL": nats_url}
+        proc = Proc.start(switchman_cmd("run", service or label), env, self.tmp / f"{label}.log")
         self.procs[label] = proc
         return proc
 
@@ -84,6 +85,7 @@ class Load:
     errors_allowed: bool = False
     ok: int = 0
     errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     stopping: bool = False
     seq: itertools.count = field(default_factory=itertools.count)
@@ -100,12 +102,14 @@ class Load:
             text = await resp.text()
         if resp.status != 200:
             if self.errors_allowed and json.loads(text).get("error"):
+                self.error_samples.append(f"{resp.status} {text[:200]}")
                 return False
             raise AssertionError(f"status {resp.status}: {text[:300]}")
         if stream:
             events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
             if events[-1:] != ["[DONE]"]:
                 if self.errors_allowed and events and "error" in json.loads(events[-1]):
+                    self.error_samples.append(events[-1][:200])
                     return False
                 raise AssertionError(f"stream ended with neither [DONE] nor an error: {text[-300:]}")
             chunks = [json.loads(e) for e in events[:-1]]
@@ -127,3 +131,54 @@ class Load:
                         self.errors += 1
                 except Exception as e:  # noqa: BLE001 - every failure is reported
                     self.failures.append(f"{'stream' if stream else 'json'}: {type(e).__name__}: {e}")
+
+
+class TcpProxy:
+    """A TCP relay in front of nats-server that a test can cut (one process's bus link).
+
+    ``cut()`` closes every connection through it, as a network blip would; clients
+    reconnect through it at once.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server: asyncio.AbstractServer | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return f"nats://127.0.0.1:{self.port}"
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.links |= {writer, up_writer}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                w.close()
+                self.links.discard(w)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for w in list(self.links):
+            w.transport.abort()
+        self.links.clear()
+
+    async def stop(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()

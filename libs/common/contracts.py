@@ -76,6 +76,7 @@ class Ack(_Msg, frozen=True):
     worker: str
     reason: str = ""
     plan_size: int = 1
+    beat: int = 0  # heartbeats the worker had sent: only later ones speak of this request
 
 
 class Moved(_Msg, frozen=True):
@@ -146,6 +147,7 @@ class Heartbeat(_Msg, frozen=True):
     in_flight: int = 0
     active: list[str] = []
     draining: bool = False
+    beat: int = 0  # numbers this worker's heartbeats (see Ack.beat)
 
 
 class Presence(_Msg, frozen=True):

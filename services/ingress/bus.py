@@ -39,6 +39,7 @@ NO_RESPONDERS = b"\x00"
 WORKER_GONE = b"\x01"
 FRAMES_LOST = b"\x02"
 _ENDS = frozenset((contracts.RESULT, contracts.DONE, contracts.ERROR))
+END_GRACE_S = 1.0
 
 
 def _expire(fut: asyncio.Future[bool]) -> None:
@@ -49,7 +50,18 @@ def _expire(fut: asyncio.Future[bool]) -> None:
 class Call:
     """The frames of one in-flight request, in arrival order."""
 
-    __slots__ = ("bus", "token", "inbox", "frames", "_waiter", "worker", "acked_at", "ended")
+    __slots__ = (
+        "bus",
+        "token",
+        "inbox",
+        "frames",
+        "_waiter",
+        "worker",
+        "beat",
+        "acked_at",
+        "ended",
+        "done_at",
+    )
 
     def __init__(self, bus: Bus, token: str) -> None:
         self.bus = bus
@@ -58,8 +70,10 @@ class Call:
         self.frames: deque[bytes] = deque()
         self._waiter: asyncio.Future[bool] | None = None
         self.worker: str | None = None  # the worker that acked the current attempt
+        self.beat = 0  # its heartbeats up to the ack (an earlier one cannot list the request)
         self.acked_at = 0.0
         self.ended = False  # its terminal frame (or a pseudo-frame ending it) is queued
+        self.done_at = 0.0  # when its worker's heartbeat stopped listing it
 
     def end(self, pseudo: bytes) -> None:
         self.ended = True
@@ -127,10 +141,11 @@ class Bus:
                 call.ended = True
             elif kind == contracts.ACK:
                 with contextlib.suppress(msgspec.DecodeError):
-                    call.worker = contracts.ack_decoder.decode(data[contracts.HEADER_SIZE :]).worker
-                    call.acked_at = time.monotonic()
+                    ack = contracts.ack_decoder.decode(data[contracts.HEADER_SIZE :])
+                    call.worker, call.beat, call.acked_at = ack.worker, ack.beat, time.monotonic()
             elif kind == contracts.MOVED:
                 call.worker = None  # the next candidate's worker acks in its turn
+                call.done_at = 0.0
         call.push(data)
 
     # -- liveness of the workers serving the calls ----------------------------------------
@@ -138,20 +153,26 @@ class Bus:
         self.workers.saw(hb.worker)
         active: set[str] | None = None
         for call in self.calls.values():
-            if call.worker == hb.worker and not call.ended:
+            if call.worker == hb.worker and hb.beat > call.beat and not call.ended and not call.done_at:
                 active = set(hb.active) if active is None else active
-                if call.inbox not in active:  # ended at the worker, its end lost on the bus
-                    call.end(FRAMES_LOST)
+                if call.inbox not in active:  # ended at the worker: its end must be on its way
+                    call.done_at = time.monotonic()
 
     def check(self) -> None:
-        """End the calls whose worker went silent (see :class:`~libs.common.liveness.Liveness`)."""
+        """End the calls whose worker went silent (see :class:`~libs.common.liveness.Liveness`),
+        and those whose worker ended them ``END_GRACE_S`` ago with no end arriving.
+
+        The grace is there because the heartbeat and the inbox are two subscriptions,
+        each dispatched by its own task: a heartbeat may be handled before the end frame
+        that came in ahead of it.
+        """
         now = self.workers.tick()
         for call in self.calls.values():
-            if (
-                call.worker is not None
-                and not call.ended
-                and self.workers.gone(call.worker, call.acked_at, now)
-            ):
+            if call.ended or call.worker is None:
+                continue
+            if call.done_at and now - call.done_at > END_GRACE_S:
+                call.end(FRAMES_LOST)
+            elif self.workers.gone(call.worker, call.acked_at, now):
                 call.end(WORKER_GONE)
 
     def open(self) -> Call:

@@ -56,6 +56,7 @@ class Worker(Service):
         # Every request this worker acked and has not ended: its heartbeat lists them.
         self.sinks: dict[str, InboxSink] = {}
         self.draining = False
+        self.beat = 0  # heartbeats sent
         self.heartbeats: asyncio.Task[Any] | None = None
         self.keepalives: asyncio.Task[Any] | None = None
 
@@ -136,6 +137,7 @@ class Worker(Service):
             worker=self.id,
             reason=env.reason,
             plan_size=len(env.plan),
+            beat=self.beat,
         )
         sink = InboxSink(nc, reply, env.attempt)
         self.sinks[reply] = sink  # before the ack: every heartbeat after it lists the request
@@ -187,7 +189,9 @@ class Worker(Service):
 
     async def _heartbeat(self) -> None:
         assert self.nc is not None
+        self.beat += 1
         hb = Heartbeat(
+            beat=self.beat,
             worker=self.id,
             providers=list(self.bindings),
             in_flight=len(self.tasks),

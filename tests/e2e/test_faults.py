@@ -13,7 +13,7 @@ from tests.gateway import wait_model
 
 pytestmark = pytest.mark.e2e
 
-IDLE_TIMEOUT = 2.0
+IDLE_TIMEOUT = 30.0  # a dead worker is noticed by its missing heartbeats, not by this
 
 
 @pytest.fixture
@@ -44,8 +44,8 @@ async def test_worker_killed_mid_stream_ends_with_error_event(cluster, upstream)
                 killed_at = time.monotonic()
     assert killed_at is not None
     elapsed = time.monotonic() - killed_at
-    assert elapsed < IDLE_TIMEOUT + 1.5, elapsed
-    assert "silent" in str(err.value)
+    assert elapsed < 3.0, elapsed  # its missing heartbeats tell, well before the idle timeout
+    assert "stopped responding" in str(err.value)
 
 
 async def test_no_worker_subscribed_is_503_within_a_second(cluster):
