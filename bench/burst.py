@@ -30,6 +30,7 @@ from topology import (
     switchman_cmd,
     wait_port,
     wait_ready,
+    write_config,
 )
 
 BODY = {
@@ -38,29 +39,6 @@ BODY = {
     "max_tokens": 16,
     "stream": True,
 }
-
-
-def gateway_config(path: Path, port: int, upstream: int, pool: int, wait: float) -> None:
-    cfg = {
-        "listen": f"127.0.0.1:{port}",
-        "log_level": "info",
-        "sim_models": False,
-        "env_providers": False,
-        "discovery": {"enabled": False},
-        "providers": [
-            {
-                "id": "up",
-                "kind": "openai",
-                "preset": "vllm",
-                "base_url": f"http://127.0.0.1:{upstream}/v1",
-                "models": [MODEL],
-                "max_connections": pool,
-                "pool_wait_s": wait,
-            }
-        ],
-        "limits": {"max_in_flight": 4096, "idle_timeout_s": 60.0, "request_timeout_s": 120.0},
-    }
-    path.write_text(json.dumps(cfg))
 
 
 def load(url: str, body: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -120,7 +98,9 @@ def main() -> None:
                 port = free_port()
                 cfg = tmp / f"pool-{pool}.yaml"
                 wait = 600.0 if a.pool_wait is None and pool < a.concurrency else (a.pool_wait or 0.5)
-                gateway_config(cfg, port, up_port, pool, wait)
+                provider = {"max_connections": pool, "pool_wait_s": wait}
+                limits = {"max_in_flight": 4096, "idle_timeout_s": 60.0, "request_timeout_s": 120.0}
+                write_config(cfg, port, up_port, provider, limits)
                 env = base_env() | {"SWITCHMAN_DATA_DIR": str(tmp / f"data-{pool}")}
                 gw = procs.start(f"up-{pool}", switchman_cmd("up", "--config", str(cfg)), env)
                 wait_ready(port, 30, procs)

@@ -181,8 +181,15 @@ class Target:
         return self.name in ("up", "split")
 
 
-def write_config(path: Path, listen_port: int, upstream_port: int) -> None:
-    cfg = {
+def write_config(
+    path: Path,
+    listen_port: int,
+    upstream_port: int,
+    provider: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+) -> None:
+    """The bench's gateway config; ``provider`` and ``limits`` add to its defaults."""
+    cfg: dict[str, Any] = {
         "listen": f"127.0.0.1:{listen_port}",
         "log_level": "warning",
         "sim_models": False,
@@ -204,6 +211,8 @@ def write_config(path: Path, listen_port: int, upstream_port: int) -> None:
             "request_timeout_s": 60.0,
         },
     }
+    cfg["providers"][0].update(provider or {})
+    cfg["limits"].update(limits or {})
     path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
 
 

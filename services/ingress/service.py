@@ -178,7 +178,10 @@ class Ingress(Service):
         self.view.add(contracts.catalog_decoder.decode(msg.data))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.body_limit, middlewares=[self.access, self.errors])
+        # The access line costs a middleware layer per request: none when info is filtered out.
+        self.access_log = access.enabled(self.log)
+        middlewares = [self.access, self.errors] if self.access_log else [self.errors]
+        app = web.Application(client_max_size=self.body_limit, middlewares=middlewares)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)

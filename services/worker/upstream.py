@@ -208,11 +208,26 @@ class SSEParser:
             if data[-1:] == b"\r":
                 data, self._cr = data[:-1], True
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if not self._buf:
-            return self._take(data, 0)  # the common case: no partial event from before
-        buf = self._buf
-        buf += data
-        return self._take(buf, self._scan)
+        if self._buf:
+            buf = self._buf
+            buf += data
+            return self._take(buf, self._scan)
+        # The common case: no partial event from before, whole events in this read.
+        out: list[tuple[str, bytes]] = []
+        start = 0
+        end = data.find(b"\n\n")
+        while end >= 0:
+            ev = _parse_event(data[start:end])
+            if ev is not None:
+                out.append(ev)
+            start = end + 2
+            end = data.find(b"\n\n", start)
+        if start < len(data):
+            if len(data) - start >= self.limit:
+                raise EventTooLarge(f"an SSE event exceeds {self.limit} bytes")
+            self._buf = bytearray(data[start:])
+            self._scan = max(0, len(self._buf) - 1)
+        return out
 
     def _take(self, buf: bytes | bytearray, scan: int) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []

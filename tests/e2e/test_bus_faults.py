@@ -38,6 +38,14 @@ async def stream_text(session: aiohttp.ClientSession, url: str, words: int) -> t
     return text, time.monotonic()
 
 
+async def started(cluster: Cluster) -> None:
+    """Ingress, router and worker, each its own process, serving."""
+    for name in ("ingress", "router", "worker"):
+        cluster.start(name)
+    await cluster.ready()
+    await wait_model(cluster.base_url, "gpt-4o-mini")
+
+
 def outcome(text: str, words: int) -> str:
     """'complete' or 'error'; anything else (a truncated success, garbage) fails the test."""
     events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
@@ -60,10 +68,7 @@ async def test_a_bus_outage_never_gives_a_damaged_stream_a_clean_finish(
     state, base = upstream
     cluster = Cluster(tmp_path, nats_server_fn.url, base, limits=IDLE)
     try:
-        for name in ("ingress", "router", "worker"):
-            cluster.start(name)
-        await cluster.ready()
-        await wait_model(cluster.base_url, "gpt-4o-mini")
+        await started(cluster)
         state.chunk_delay_s = 0.03  # 60 words: ~1.8 s per stream
         async with aiohttp.ClientSession() as session:
             streams = [asyncio.create_task(stream_text(session, cluster.url, 60)) for _ in range(6)]
@@ -89,10 +94,7 @@ async def test_an_ingress_killed_mid_stream_stops_the_upstream_call_within_3_s(
     state, base = upstream
     cluster = Cluster(tmp_path, nats_server_fn.url, base, limits=IDLE)
     try:
-        for name in ("ingress", "router", "worker"):
-            cluster.start(name)
-        await cluster.ready()
-        await wait_model(cluster.base_url, "gpt-4o-mini")
+        await started(cluster)
         state.chunk_delay_s = 0.1  # 100 words: 10 s, if nobody stops it
         async with aiohttp.ClientSession() as session:
             stream = asyncio.create_task(stream_text(session, cluster.url, 100))
