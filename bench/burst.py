@@ -108,6 +108,7 @@ def main() -> None:
                 rows.append(row(f"up, pool {pool} (pool_wait_s {wait:g})", res))
                 gw.terminate()
                 gw.wait(30)
+                procs.items = [(r, q) for r, q in procs.items if q is not gw]  # stopped on purpose
         finally:
             procs.stop_all()
     print(

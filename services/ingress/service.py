@@ -30,7 +30,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from libs.common import contracts, liveness, log, openai, subjects, tracing
-from libs.common.config import Config, KeyConfig, Strategy
+from libs.common.config import Config, KeyConfig, Strategy, is_loopback
 from libs.common.contracts import Envelope, Presence
 from libs.common.errors import (
     AuthenticationFailed,
@@ -137,7 +137,7 @@ class Ingress(Service):
         if sockets:  # the bound port when 0 was asked
             self.port = sockets[0].getsockname()[1]
         self.log.info("listening", host=host, port=self.port)
-        if not self.keys and host not in ("127.0.0.1", "localhost", "::1"):
+        if not self.keys and not is_loopback(host):  # allowed only with allow_open_gateway
             self.log.warning(
                 "open_gateway", host=host, hint="no keys configured: anyone who reaches this port can use it"
             )
