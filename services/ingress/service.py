@@ -5,9 +5,12 @@ Serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, GET /v1/model
 once into msgspec Structs (400 naming the field), then publishes the untouched body
 behind its routing :class:`~libs.common.contracts.Envelope` to ``sw.route.<op>``
 with its reply inbox (trace context in NATS headers when tracing is on); consumes
-its inbox (``_SW.<process>.*``) and ``sw.catalog.update``; publishes
-``sw.catalog.get`` at start and ``sw.cancel`` (payload: the request's inbox) when a
-client goes away. Logs one ``request`` line per request once its response has
+its inbox (``_SW.<process>.*``; numbered frames, checked for gaps: see
+:mod:`.proxy`), ``sw.catalog.update`` and ``sw.workers.heartbeat`` (a request whose
+worker went silent, or whose end its worker sent but never arrived, is ended: see
+:mod:`.bus`); publishes ``sw.catalog.get`` at start, ``sw.ingress.presence`` every
+``liveness.BEAT_S``, and ``sw.cancel`` (payload: the request's inbox) when a client
+goes away. Logs one ``request`` line per request once its response has
 finished (:mod:`services.ingress.access`).
 
 On stop it stops listening first and waits for the requests in flight; its reply

@@ -4,7 +4,8 @@ Consumes ``sw.route.<op>`` (queue group ``router``): decodes only the routing
 envelope, decides from in-memory state (:mod:`.policy`) and forwards the body bytes
 untouched to ``sw.exec.<provider>`` with the plan, attempt and reason in the
 envelope, keeping the client's reply inbox. Errors (unknown model, no provider) go to the inbox as an
-``E`` frame. Keeps its state from worker heartbeats (``sw.workers.heartbeat``) and
+``E`` frame (attempt 0). Keeps its state from worker heartbeats (``sw.workers.heartbeat``;
+a ``draining`` worker is not counted on) and
 catalogs (``sw.catalog.update``); asks for catalogs at start (``sw.catalog.get``).
 """
 

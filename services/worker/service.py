@@ -2,18 +2,21 @@
 
 Consumes ``sw.exec.<provider>`` (queue group ``worker.<provider>``, one per
 provider), ``sw.cancel`` (every worker; the payload is the reply inbox of the
-request the ingress abandons — the worker holding it cancels) and
-``sw.catalog.get``. Produces frames on each request's reply inbox (ack at once,
-then chunks / result / error), ``sw.exec.<next provider>`` when an attempt fails
+request the ingress abandons — the worker holding it cancels), ``sw.catalog.get``
+and ``sw.ingress.presence`` (a request whose ingress went silent for
+``liveness.SILENT_S`` has its upstream call stopped). Produces numbered frames on each
+request's reply inbox (ack at once, then chunks / result / error; see
+:class:`.attempt.InboxSink`), ``sw.exec.<next provider>`` when an attempt fails
 before its first byte, ``sw.events.attempt`` (batched), usage records on
 ``sw.usage.<provider>`` (JetStream ``SW_USAGE``, one record a message, ``Nats-Msg-Id``
-= attempt id, see :mod:`.telemetry`), ``sw.workers.heartbeat`` and
-``sw.catalog.update``.
+= attempt id, see :mod:`.telemetry`), ``sw.workers.heartbeat`` (every
+``liveness.BEAT_S``, with the reply inboxes it serves) and ``sw.catalog.update``.
 
 On stop (SIGTERM) it stops taking ``sw.exec`` messages (those already queued are
-still run), stops heartbeating, keeps sending frames and keep-alives for its
-in-flight streams and honouring cancels until they end (up to
-``limits.idle_timeout_s``), then flushes its usage records with their acks.
+still run), heartbeats ``draining`` (routers skip it, ingresses still know it alive),
+keeps sending frames and keep-alives for its in-flight streams and honouring cancels
+until they end (up to ``limits.idle_timeout_s``), then flushes its usage records
+with their acks.
 """
 
 from __future__ import annotations

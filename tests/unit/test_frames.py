@@ -98,3 +98,13 @@ async def test_a_payload_larger_than_one_message_travels_in_parts(size):
     r = relay(nc.sent)
     assert await r.frame() == (contracts.RESULT, payload[:size])
     assert len(nc.sent) == 2 + -(-size // 64)
+
+
+def test_old_acks_and_heartbeats_decode_with_the_new_decoders():
+    """Contracts evolve additively: messages from a worker of the previous release still decode."""
+    old_ack = b'{"provider":"p","model":"m","attempt":1,"worker":"w","reason":"ordered","plan_size":2}'
+    ack = contracts.ack_decoder.decode(old_ack)
+    assert (ack.worker, ack.beat) == ("w", 0)
+    old_hb = b'{"worker":"w","providers":["p"],"in_flight":3}'
+    hb = contracts.heartbeat_decoder.decode(old_hb)
+    assert (hb.in_flight, hb.active, hb.draining, hb.beat) == (3, [], False, 0)
