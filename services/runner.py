@@ -1,37 +1,20 @@
 """Starting services together: all five in one process (`switchman up`) or a chosen few (`switchman run`).
 
 A process that serves HTTP (the ingress) refuses an open gateway beyond loopback
-(:func:`libs.common.config.open_gateway_error`): exit 2 with one line naming the way out.
+(``load_or_exit(serves_http=True)``): exit 2 with one line naming the way out.
 Once started, it prints what it serves (:mod:`services.startup`).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from libs.common import service as lifecycle
-from libs.common.config import Config, open_gateway_error
-from libs.common.service import Service, serve
+from libs.common.config import Config
+from libs.common.service import Service, load_or_exit, serve
 
-__all__ = ["NAMES", "build", "load_or_exit", "refuse_open_gateway", "start"]
+__all__ = ["NAMES", "build", "load_or_exit", "start"]
 
 NAMES = ("ledger", "health", "worker", "router", "ingress")
-
-
-def refuse_open_gateway(cfg: Config) -> None:
-    problem = open_gateway_error(cfg)
-    if problem is not None:
-        print(f"switchman: configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def load_or_exit(path: str | None = None, *, serves_http: bool = False) -> Config:
-    """The config, or exit 2 naming the problem; ``serves_http``: also the open-gateway check."""
-    cfg = lifecycle.load_or_exit(path)
-    if serves_http:
-        refuse_open_gateway(cfg)
-    return cfg
 
 
 def build(name: str, cfg: Config) -> Service:

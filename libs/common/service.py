@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import log, tracing
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, load, open_gateway_error
 
 logger = log.get("lifecycle")
 
@@ -252,13 +252,21 @@ async def run(
         logger.info("stopped")
 
 
-def load_or_exit(path: str | None = None) -> Config:
-    """The config, or exit 2 with the offending field named on stderr."""
+def load_or_exit(path: str | None = None, *, serves_http: bool = False) -> Config:
+    """The config, or exit 2 with the offending field named on stderr.
+
+    ``serves_http``: the process runs an ingress, which must not serve an open gateway
+    beyond loopback (:func:`~libs.common.config.open_gateway_error`).
+    """
     try:
-        return load(path)
+        cfg = load(path)
+        problem = open_gateway_error(cfg) if serves_http else None
     except ConfigError as e:
-        print(f"switchman: configuration error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        problem = str(e)
+    if problem is not None:
+        print(f"switchman: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return cfg
 
 
 def serve(
@@ -279,9 +287,9 @@ def serve(
         raise SystemExit(1) from None
 
 
-def main(factory: Callable[[Config], Service]) -> None:
+def main(factory: Callable[[Config], Service], *, serves_http: bool = False) -> None:
     """``python -m services.<name>``: one service against NATS_URL."""
-    cfg = load_or_exit()
+    cfg = load_or_exit(serves_http=serves_http)
     serve([factory(cfg)], cfg)
 
 

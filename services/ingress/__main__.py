@@ -1,5 +1,6 @@
-"""`python -m services.ingress`: the ingress alone, against NATS_URL (as `switchman run ingress`)."""
+"""`python -m services.ingress`: the ingress alone, against NATS_URL (refuses an open gateway)."""
 
-from services.runner import load_or_exit, start
+from libs.common.service import main
+from services.ingress.service import Ingress
 
-start(("ingress",), load_or_exit(serves_http=True))
+main(Ingress, serves_http=True)
