@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from libs.common import contracts, subjects
-from libs.common.contracts import Heartbeat
+from libs.common.contracts import Ack, Heartbeat
 from libs.common.liveness import Liveness
 from libs.common.subjects import H
 
@@ -54,10 +54,9 @@ class Call:
         "bus",
         "token",
         "inbox",
+        "ack",
         "frames",
         "_waiter",
-        "worker",
-        "beat",
         "acked_at",
         "ended",
         "done_at",
@@ -69,8 +68,9 @@ class Call:
         self.inbox = bus.root + token
         self.frames: deque[bytes] = deque()
         self._waiter: asyncio.Future[bool] | None = None
-        self.worker: str | None = None  # the worker that acked the current attempt
-        self.beat = 0  # its heartbeats up to the ack (an earlier one cannot list the request)
+        # The current attempt's ack, decoded once here (the relay reads it too): its worker
+        # serves the call, and only that worker's heartbeats after ``ack.beat`` speak of it.
+        self.ack: Ack | None = None
         self.acked_at = 0.0
         self.ended = False  # its terminal frame (or a pseudo-frame ending it) is queued
         self.done_at = 0.0  # when its worker's heartbeat stopped listing it
@@ -141,10 +141,10 @@ class Bus:
                 call.ended = True
             elif kind == contracts.ACK:
                 with contextlib.suppress(msgspec.DecodeError):
-                    ack = contracts.ack_decoder.decode(data[contracts.HEADER_SIZE :])
-                    call.worker, call.beat, call.acked_at = ack.worker, ack.beat, time.monotonic()
+                    call.ack = contracts.ack_decoder.decode(data[contracts.HEADER_SIZE :])
+                    call.acked_at = time.monotonic()
             elif kind == contracts.MOVED:
-                call.worker = None  # the next candidate's worker acks in its turn
+                call.ack = None  # the next candidate's worker acks in its turn
                 call.done_at = 0.0
         call.push(data)
 
@@ -153,7 +153,14 @@ class Bus:
         self.workers.saw(hb.worker)
         active: set[str] | None = None
         for call in self.calls.values():
-            if call.worker == hb.worker and hb.beat > call.beat and not call.ended and not call.done_at:
+            ack = call.ack
+            if (
+                ack is not None
+                and ack.worker == hb.worker
+                and hb.beat > ack.beat
+                and not call.ended
+                and not call.done_at
+            ):
                 active = set(hb.active) if active is None else active
                 if call.inbox not in active:  # ended at the worker: its end must be on its way
                     call.done_at = time.monotonic()
@@ -168,11 +175,11 @@ class Bus:
         """
         now = self.workers.tick()
         for call in self.calls.values():
-            if call.ended or call.worker is None:
+            if call.ended or call.ack is None:
                 continue
             if call.done_at and now - call.done_at > END_GRACE_S:
                 call.end(FRAMES_LOST)
-            elif self.workers.gone(call.worker, call.acked_at, now):
+            elif self.workers.gone(call.ack.worker, call.acked_at, now):
                 call.end(WORKER_GONE)
 
     def open(self) -> Call:

@@ -100,7 +100,7 @@ class Relay:
             if kind == contracts.CHUNK or kind == contracts.RESULT:
                 return kind, self._whole(data)
             if kind == contracts.ACK:
-                self._ack(data[contracts.HEADER_SIZE :])
+                self._ack(attempt, data)
             elif kind == contracts.MOVED:
                 self.acked = False  # the next candidate has to ack in its turn
             elif kind == contracts.PART:
@@ -139,8 +139,10 @@ class Relay:
         self.parts = []
         return whole
 
-    def _ack(self, payload: bytes) -> None:
-        ack = contracts.ack_decoder.decode(payload)
+    def _ack(self, attempt: int, data: bytes) -> None:
+        ack = self.call.ack  # the bus decoded it as it arrived
+        if ack is None or ack.attempt != attempt:  # a later attempt's ack came in meanwhile
+            ack = contracts.ack_decoder.decode(data[contracts.HEADER_SIZE :])
         self.acked = True
         r = self.route
         r.provider, r.attempts, r.reason, r.plan_size = ack.provider, ack.attempt, ack.reason, ack.plan_size

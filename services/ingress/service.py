@@ -101,7 +101,6 @@ class Ingress(Service):
         self.port: int | None = None
         self.body_limit = cfg.limits.max_body_bytes  # capped by the bus's max_payload at start
         self.liveness_loop: asyncio.Task[None] | None = None
-        self.access_log: bool | None = None  # known once logging is set up (first request)
         lim = cfg.limits
         self.ack_timeout, self.idle_timeout, self.request_timeout = (
             lim.ack_timeout_s,
@@ -182,8 +181,7 @@ class Ingress(Service):
 
     def app(self) -> web.Application:
         # The access line costs a middleware layer per request: none when info is filtered out.
-        self.access_log = access.enabled(self.log)
-        middlewares = [self.access, self.errors] if self.access_log else [self.errors]
+        middlewares = [self.access, self.errors] if access.enabled(self.log) else [self.errors]
         app = web.Application(client_max_size=self.body_limit, middlewares=middlewares)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
@@ -198,11 +196,8 @@ class Ingress(Service):
     # -- middleware -------------------------------------------------------------------------
     @web.middleware
     async def access(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """One access line per request once its response is finished (see ``access``)."""
-        if self.access_log is None:
-            self.access_log = access.enabled(self.log)
-        if not self.access_log:
-            return await handler(request)
+        """One access line per request once its response is finished (see ``access``); installed
+        only when info lines are written (:meth:`app`)."""
         start = time.perf_counter()
         resp: web.StreamResponse | None = None
         status = 499  # the client went away before an answer (nginx's convention)

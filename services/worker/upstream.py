@@ -208,33 +208,18 @@ class SSEParser:
             if data[-1:] == b"\r":
                 data, self._cr = data[:-1], True
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        # Usually no partial event is held and this read is whole events: parse it in place.
+        buf: bytes | bytearray = data
+        scan = 0
         if self._buf:
             buf = self._buf
             buf += data
-            return self._take(buf, self._scan)
-        # The common case: no partial event from before, whole events in this read.
-        out: list[tuple[str, bytes]] = []
-        start = 0
-        end = data.find(b"\n\n")
-        while end >= 0:
-            ev = _parse_event(data[start:end])
-            if ev is not None:
-                out.append(ev)
-            start = end + 2
-            end = data.find(b"\n\n", start)
-        if start < len(data):
-            if len(data) - start >= self.limit:
-                raise EventTooLarge(f"an SSE event exceeds {self.limit} bytes")
-            self._buf = bytearray(data[start:])
-            self._scan = max(0, len(self._buf) - 1)
-        return out
-
-    def _take(self, buf: bytes | bytearray, scan: int) -> list[tuple[str, bytes]]:
+            scan = self._scan
         out: list[tuple[str, bytes]] = []
         start = 0
         end = buf.find(b"\n\n", scan)
         while end >= 0:
-            ev = _parse_event(bytes(buf[start:end]))
+            ev = _parse_event(bytes(buf[start:end]))  # bytes of bytes: no copy
             if ev is not None:
                 out.append(ev)
             start = end + 2
@@ -243,10 +228,9 @@ class SSEParser:
         if rest >= self.limit:
             raise EventTooLarge(f"an SSE event exceeds {self.limit} bytes")
         if buf is self._buf:
-            if start:
-                del buf[:start]
-        else:
-            self._buf = bytearray(buf[start:]) if rest else bytearray()
+            del buf[:start]
+        elif rest:
+            self._buf = bytearray(buf[start:])
         self._scan = max(0, len(self._buf) - 1)  # a blank line may straddle two reads
         return out
 

@@ -19,6 +19,8 @@ from services.worker.attempt import InboxSink
 
 
 class FakeCall:
+    ack = None  # the bus's decoded ack: none here, the relay decodes
+
     def __init__(self, frames: list[bytes]) -> None:
         self.frames = deque(frames)
 
