@@ -14,7 +14,10 @@ whose ingress died (no tokens paid for nobody).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 BEAT_S = 0.5
@@ -61,3 +64,17 @@ class Liveness:
 
     def forget(self, peer: str) -> None:
         self.last.pop(peer, None)
+
+
+async def keep(announce: Callable[[], Awaitable[None]], check: Callable[[], None]) -> None:
+    """A process's liveness loop: ``announce`` itself every BEAT_S (a failed send waits for
+    the next round), ``check`` its peers every CHECK_S (``check`` calls :meth:`Liveness.tick`)."""
+    announced_at = 0.0
+    while True:
+        await asyncio.sleep(CHECK_S)
+        check()
+        now = time.monotonic()
+        if now - announced_at >= BEAT_S:
+            announced_at = now
+            with contextlib.suppress(Exception):
+                await announce()

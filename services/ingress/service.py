@@ -115,7 +115,7 @@ class Ingress(Service):
         await self.bus.start(self.subscribe)
         # Workers' liveness for the calls in flight, this process's for the workers.
         await self.subscribe(subjects.WORKER_HEARTBEAT, self.on_heartbeat)
-        self.liveness_loop = asyncio.create_task(self._liveness_loop())
+        self.liveness_loop = asyncio.create_task(liveness.keep(self._announce, self.bus.check))
         await self.subscribe(subjects.CATALOG_UPDATE, self.on_catalog)
         await nc.publish(subjects.CATALOG_REQUEST, b"")
         # A body must fit in one bus message with its routing envelope: beyond, 413, never 500.
@@ -151,20 +151,10 @@ class Ingress(Service):
         assert self.bus is not None
         self.bus.on_heartbeat(contracts.heartbeat_decoder.decode(msg.data))
 
-    async def _liveness_loop(self) -> None:
-        """Presence every BEAT_S (workers stop the calls of an ingress gone silent); every
-        CHECK_S, end the calls whose worker went silent."""
+    async def _announce(self) -> None:
+        """Presence: workers stop the upstream calls of an ingress gone silent."""
         assert self.bus is not None and self.nc is not None
-        presence = contracts.encode(Presence(process=self.bus.process))
-        said_at = 0.0
-        while True:
-            await asyncio.sleep(liveness.CHECK_S)
-            self.bus.check()
-            now = time.monotonic()
-            if now - said_at >= liveness.BEAT_S:
-                said_at = now
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(subjects.INGRESS_PRESENCE, presence)
+        await self.nc.publish(subjects.INGRESS_PRESENCE, contracts.encode(Presence(process=self.bus.process)))
 
     async def close(self) -> None:
         if self.liveness_loop is not None:

@@ -85,7 +85,7 @@ class Worker(Service):
         self.ingresses = Liveness(nc)
         await self.subscribe(subjects.INGRESS_PRESENCE, self.on_presence)
         await self.announce()
-        self.heartbeats = asyncio.create_task(self._liveness_loop())
+        self.heartbeats = asyncio.create_task(liveness.keep(self._heartbeat, self._check_ingresses))
         self.keepalives = asyncio.create_task(self._keepalive_loop())
 
     def bind(self, p: ProviderConfig) -> None:
@@ -206,23 +206,16 @@ class Worker(Service):
     async def on_presence(self, msg: Msg) -> None:
         self.ingresses.saw(contracts.presence_decoder.decode(msg.data).process)
 
-    async def _liveness_loop(self) -> None:
-        """A heartbeat every BEAT_S; every CHECK_S, stop the upstream calls of requests
-        whose ingress went silent (it died: nobody will read what the upstream sends)."""
-        beat_at = 0.0
-        while True:
-            await asyncio.sleep(liveness.CHECK_S)
-            now = self.ingresses.tick()
-            if now - beat_at >= liveness.BEAT_S:
-                beat_at = now
-                with contextlib.suppress(Exception):
-                    await self._heartbeat()
-            for task, sink in list(self.active.values()):
-                if task.cancelling():
-                    continue
-                if self.ingresses.gone(subjects.inbox_process(sink.reply), sink.born, now):
-                    self.log.warning("client_ingress_gone", inbox=sink.reply)
-                    task.cancel()
+    def _check_ingresses(self) -> None:
+        """Stop the upstream calls of requests whose ingress went silent (it died: nobody
+        will read what the upstream sends)."""
+        now = self.ingresses.tick()
+        for task, sink in list(self.active.values()):
+            if task.cancelling():
+                continue
+            if self.ingresses.gone(subjects.inbox_process(sink.reply), sink.born, now):
+                self.log.warning("client_ingress_gone", inbox=sink.reply)
+                task.cancel()
 
     async def _keepalive_loop(self) -> None:
         """A K frame to every request whose upstream has been silent, so the ingress's
