@@ -24,6 +24,7 @@ BEAT_S = 0.5
 SILENT_S = 2.0
 CHECK_S = 0.25
 STALL_S = 1.0  # a check round this late means this process's own loop was blocked
+FORGET_S = 60.0  # a peer silent this long is dropped from the table (processes come and go)
 
 
 class Liveness:
@@ -31,7 +32,7 @@ class Liveness:
         self.nc = nc
         self.silent_s = silent_s
         self.last: dict[str, float] = {}
-        self._heard_since = self._ticked = time.monotonic()  # since when it could hear its peers
+        self._heard_since = self._ticked = self._pruned = time.monotonic()  # since when it could hear
         self._reconnects = self._count()
 
     def _count(self) -> int:
@@ -55,15 +56,15 @@ class Liveness:
         if stalled or not self.nc.is_connected or count != self._reconnects:
             self._reconnects = count
             self._heard_since = now
+        if now - self._pruned > FORGET_S:  # every peer ever seen would otherwise stay
+            self._pruned = now
+            self.last = {p: t for p, t in self.last.items() if now - t < FORGET_S}
         return now
 
     def gone(self, peer: str, known_since: float, now: float) -> bool:
         """Has ``peer`` (expected alive since ``known_since``) been silent for too long?"""
         heard = max(self.last.get(peer, known_since), known_since, self._heard_since)
         return now - heard > self.silent_s
-
-    def forget(self, peer: str) -> None:
-        self.last.pop(peer, None)
 
 
 async def keep(announce: Callable[[], Awaitable[None]], check: Callable[[], None]) -> None:

@@ -61,10 +61,6 @@ class Pool:
         self.rejected = 0
         self._logged = -self.LOG_EVERY_S
 
-    @property
-    def in_use(self) -> int:
-        return self.size - self._sem._value
-
     async def acquire(self) -> None:
         if not self._sem.locked():
             await self._sem.acquire()  # a free slot: returns without suspending
