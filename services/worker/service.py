@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -31,7 +32,7 @@ from nats.aio.msg import Msg
 
 from libs.common import contracts, liveness, registry, subjects
 from libs.common.config import Config, ProviderConfig, environ
-from libs.common.contracts import Ack, Catalog, Envelope, Extension, Heartbeat, ModelInfo
+from libs.common.contracts import Ack, Catalog, Extension, Heartbeat, ModelInfo
 from libs.common.errors import Overloaded
 from libs.common.liveness import Liveness
 from libs.common.profiles import profile_for
@@ -56,8 +57,6 @@ class Worker(Service):
         self.configured = [p for p in registry.providers(cfg, environ()) if wanted is None or p.id in wanted]
         self.bindings: dict[str, Binding] = {}
         self.active: dict[str, tuple[asyncio.Task[Any], InboxSink]] = {}
-        # Every request this worker acked and has not ended: its heartbeat lists them.
-        self.sinks: dict[str, InboxSink] = {}
         self.draining = False
         self.beat = 0  # heartbeats sent
         self.heartbeats: asyncio.Task[Any] | None = None
@@ -143,30 +142,21 @@ class Worker(Service):
             beat=self.beat,
         )
         sink = InboxSink(nc, reply, env.attempt)
-        self.sinks[reply] = sink  # before the ack: every heartbeat after it lists the request
-        await sink.send(contracts.ACK, contracts.encode(ack))
-        if not self.tasks.spawn(self._execute(binding, env, msg.data, body, msg.headers, sink)):
+        task = self.tasks.spawn(execute(nc, binding, env, msg.data, body, msg.headers, sink))
+        if task is not None:  # active before the ack: every heartbeat after it lists the request
+            self.active[reply] = (task, sink)
+            task.add_done_callback(functools.partial(self._ended, reply))  # after its end frame
+        await sink.send(contracts.ACK, contracts.encode(ack))  # frame 0, before any of the task's
+        if task is None:
             err = Overloaded(f"worker {self.id} is at its in-flight limit", provider=cand.provider)
             await fail(nc, sink, env, msg.data, err, msg.headers)  # the next candidate may have room
-            self.sinks.pop(reply, None)
 
-    async def _execute(
-        self,
-        binding: Binding,
-        env: Envelope,
-        data: bytes,
-        body: memoryview,
-        trace: dict[str, str] | None,
-        sink: InboxSink,
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None and self.nc is not None
-        self.active[sink.reply] = (task, sink)
-        try:
-            await execute(self.nc, binding, env, data, body, trace, sink)
-        finally:
-            self.active.pop(sink.reply, None)
-            self.sinks.pop(sink.reply, None)  # after its terminal (or hand-over) frame
+    def _ended(self, reply: str, task: asyncio.Task[Any]) -> None:
+        # Only its own entry: after a hand-over to another provider of this worker, the
+        # same reply inbox may already belong to the next attempt.
+        entry = self.active.get(reply)
+        if entry is not None and entry[0] is task:
+            del self.active[reply]
 
     async def on_cancel(self, msg: Msg) -> None:
         entry = self.active.get(msg.data.decode())
@@ -198,7 +188,7 @@ class Worker(Service):
             worker=self.id,
             providers=list(self.bindings),
             in_flight=len(self.tasks),
-            active=list(self.sinks),
+            active=list(self.active),
             draining=self.draining,
         )
         await self.nc.publish(subjects.WORKER_HEARTBEAT, contracts.encode(hb))
