@@ -106,9 +106,7 @@ def main() -> None:
                 wait_ready(port, 30, procs)
                 res = load(f"http://127.0.0.1:{port}/v1/chat/completions", body, a)
                 rows.append(row(f"up, pool {pool} (pool_wait_s {wait:g})", res))
-                gw.terminate()
-                gw.wait(30)
-                procs.items = [(r, q) for r, q in procs.items if q is not gw]  # stopped on purpose
+                procs.stop(gw)
         finally:
             procs.stop_all()
     print(

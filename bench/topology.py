@@ -100,6 +100,12 @@ class Procs:
                 tail = (self.logdir / f"{role}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{role} exited with {p.returncode}:\n{tail}")
 
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop one process on purpose: :meth:`check` no longer counts it."""
+        proc.terminate()
+        proc.wait(30)
+        self.items = [(r, p) for r, p in self.items if p is not proc]
+
     def stop_all(self) -> None:
         for _role, p in reversed(self.items):
             if p.poll() is not None:
